@@ -1,0 +1,43 @@
+# Everything runs from the locked environment in .venv (uv.lock), created on first use.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint format migrate bench bench-quick install lock clean
+
+run: install migrate  ## set up, migrate the database (SQLite by default) and serve on 127.0.0.1:8000
+	$(BIN)/todo-api serve --host $(HOST) --port $(PORT)
+
+test: install  ## the whole suite (PostgreSQL when TEST_DATABASE_URL is set, else SQLite)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install  ## ruff and mypy --strict
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+migrate: install
+	$(BIN)/todo-api migrate
+
+install: $(VENV)/.synced
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(BIN)/uv
+	$(BIN)/uv sync --frozen --inexact
+	@touch $@
+
+$(BIN)/uv:
+	python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
+
+lock: | $(BIN)/uv  ## refresh uv.lock after editing pyproject.toml
+	$(BIN)/uv lock
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

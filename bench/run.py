@@ -1,0 +1,663 @@
+"""Benchmark harness for todo-api: seed users and tasks through the API, drive wrk, report.
+
+    python bench/run.py --target http://127.0.0.1:8000 [--reference http://127.0.0.1:8200] [--quick]
+    python bench/run.py --start-todo-api --start-reference [--workers 2]     # what `make bench` runs
+
+Each server is seeded through the API (U users by signup, T tasks each), then every scenario runs
+--runs times; with a reference the runs alternate target, reference, target, ... so both see the same
+machine load. Reported figures are medians over the runs; the ratios are target / reference.
+See bench/README.md. Only the standard library, httpx and orjson are used (plus the wrk binary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+import orjson
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+LUA_DIR = BENCH_DIR / "lua"
+RESULTS_DIR = BENCH_DIR / "results"
+DEFAULT_REFERENCE_DIR = REPO_DIR.parent / "shared" / "bench"
+
+# run order: reads first, creates last (creates grow the task lists that `list` counts and pages)
+SCENARIOS = ("list", "get", "update", "complete", "login", "create", "mixed")
+QUICK_SCENARIOS = ("list", "get", "update", "login", "create", "mixed")
+PASSWORD = "benchpass-123"  # noqa: S105 -- the password of throwaway bench users
+BENCH_ENV = {"BCRYPT_ROUNDS": "12"}  # defaults for managed servers; the environment may override them
+NO_THROTTLING = {"LOGIN_RATE_LIMIT": "0", "LOGIN_IP_RATE_LIMIT": "0", "SIGNUP_RATE_LIMIT": "0"}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    """A problem that stops the benchmark, with a message meant for the person running it."""
+
+
+@dataclass
+class Options:
+    scenarios: tuple[str, ...] = SCENARIOS
+    duration: int = 5  # seconds per wrk run
+    connections: int = 100
+    login_connections: int = 8  # bcrypt-bound: a few connections already saturate the server
+    threads: int = 1  # wrk threads
+    timeout: int = 10  # wrk request timeout, seconds
+    users: int = 50
+    tasks: int = 50
+    runs: int = 3
+    target_pid: int | None = None
+    reference_pid: int | None = None
+
+
+@dataclass
+class SeedUser:
+    id: str
+    name: str
+    token: str
+    tasks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    pid: int | None
+    data_file: Path | None = None
+    seed: dict[str, Any] = field(default_factory=dict)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- seeding through the API ---
+
+
+def _expect(response: httpx.Response, status: int, what: str) -> Any:
+    if response.status_code != status:
+        hint = (
+            " (rate limited: start the server with SIGNUP_RATE_LIMIT=0)"
+            if response.status_code == 429
+            else ""
+        )
+        raise BenchError(
+            f"{what}: expected {status}, got {response.status_code}{hint}: {response.text[:300]}"
+        )
+    return orjson.loads(response.content)
+
+
+async def seed(base_url: str, users: int, tasks: int, concurrency: int = 32) -> list[SeedUser]:
+    """Sign up `users` fresh users and create `tasks` tasks for each, through the public API."""
+    stamp = f"{int(time.time()):x}{secrets.token_hex(2)}"
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=120, limits=limits) as client:
+        try:
+            health = await client.get("/health")
+        except httpx.HTTPError as exc:
+            raise BenchError(f"{base_url} does not answer ({exc!r}): is the server running?") from exc
+        _expect(health, 200, f"GET {base_url}/health")
+
+        signups = asyncio.Semaphore(8)  # bcrypt-bound on the server
+
+        async def signup(i: int) -> SeedUser:
+            name = f"bench_{stamp}_{i:04d}"
+            body = {
+                "username": name,
+                "email": f"{name}@example.com",
+                "password": PASSWORD,
+                "confirm_password": PASSWORD,
+            }
+            async with signups:
+                data = _expect(await client.post("/api/auth/signup", json=body), 201, "POST /api/auth/signup")
+            return SeedUser(id=str(data["user"]["id"]), name=name, token=str(data["access_token"]))
+
+        created = await asyncio.gather(*(signup(i) for i in range(users)))
+
+        async def add_task(user: SeedUser, j: int) -> str:
+            body = {"title": f"seed task {j}", "description": f"seeded for {user.name}"}
+            headers = {"Authorization": f"Bearer {user.token}"}
+            response = await client.post(f"/api/{quote(user.id, safe='')}/tasks", json=body, headers=headers)
+            return str(_expect(response, 201, "POST /api/{user_id}/tasks")["id"])
+
+        for user in created:  # one user at a time, its tasks concurrently
+            user.tasks = list(await asyncio.gather(*(add_task(user, j) for j in range(tasks))))
+    return list(created)
+
+
+def _lua_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def write_lua_data(path: Path, base_url: str, users: list[SeedUser]) -> None:
+    """The table bench/lua/common.lua loads in init(): user ids (path-encoded), names, tokens, task ids."""
+    lines = [
+        "return {",
+        f"  prefix = {_lua_string(urlsplit(base_url).path.rstrip('/'))},",
+        f"  password = {_lua_string(PASSWORD)},",
+        "  users = {",
+    ]
+    for u in users:
+        task_ids = ", ".join(_lua_string(t) for t in u.tasks)
+        lines.append(
+            f"    {{ id = {_lua_string(quote(u.id, safe=''))}, name = {_lua_string(u.name)}, "
+            f"token = {_lua_string(u.token)}, tasks = {{ {task_ids} }} }},"
+        )
+    path.write_text("\n".join([*lines, "  },", "}", ""]))
+
+
+# --- server CPU and memory from /proc ---
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (uvicorn workers and whatever they start)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of pid and its live descendants (plus children already reaped)."""
+    ticks = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / CLK_TCK
+
+
+def peak_rss_mib(pid: int) -> list[float]:
+    """VmHWM (peak resident memory) of each worker: each child of pid, or pid itself if it has none."""
+    tree = process_tree(pid)
+    peaks = []
+    for p in tree[1:] or tree:
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peaks.append(round(int(line.split()[1]) / 1024, 1))
+    return peaks
+
+
+def settle(pid: int | None) -> None:
+    """Let the server finish the requests a wrk run left in flight before the next run starts."""
+    if pid is None:
+        time.sleep(0.5)
+        return
+    deadline = time.monotonic() + 10
+    before = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = cpu_seconds(pid)
+        if now - before <= 0.025:  # under 10% of a core: idle
+            return
+        before = now
+
+
+# --- wrk ---
+
+
+def require_wrk() -> str:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise BenchError("wrk is not on PATH: install it (Debian/Ubuntu: `apt-get install -y wrk`) and retry")
+    return wrk
+
+
+def run_wrk(server: Server, scenario: str, connections: int, offset: int, opts: Options) -> dict[str, Any]:
+    assert server.data_file is not None
+    cmd = [
+        require_wrk(),
+        f"-t{opts.threads}",
+        f"-c{connections}",
+        f"-d{opts.duration}s",
+        f"--timeout={opts.timeout}s",
+        "-s",
+        str(LUA_DIR / f"{scenario}.lua"),
+        server.url,
+        "--",
+        str(server.data_file),
+        str(offset),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=opts.duration + 60, check=False)  # noqa: S603
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            result: dict[str, Any] = orjson.loads(line.removeprefix("BENCH_RESULT "))
+            return result
+    raise BenchError(
+        f"wrk gave no result (exit {proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
+    )
+
+
+def measure(server: Server, scenario: str, offset: int, opts: Options) -> dict[str, Any]:
+    """One wrk run of one scenario against one server, with the server's CPU time around it.
+
+    The CPU time is taken from an idle server to an idle server again, so it includes the requests wrk
+    left in flight when it stopped: one per connection, counted with the completed ones.
+    """
+    connections = opts.login_connections if scenario == "login" else opts.connections
+    settle(server.pid)
+    cpu_before = cpu_seconds(server.pid) if server.pid else 0.0
+    raw = run_wrk(server, scenario, connections, offset, opts)
+    settle(server.pid)
+    cpu_after = cpu_seconds(server.pid) if server.pid else 0.0
+    requests = int(raw["requests"])
+    lat = raw["latency_us"]
+    errors = {k: int(v) for k, v in raw["errors"].items() if k != "status"}
+    run: dict[str, Any] = {
+        "requests": requests,
+        "rps": round(requests / (raw["duration_us"] / 1e6), 1),
+        "p50_ms": lat["p50"] / 1000,
+        "p90_ms": lat["p90"] / 1000,
+        "p99_ms": lat["p99"] / 1000,
+        "max_ms": lat["max"] / 1000,
+        "mean_ms": round(lat["mean"] / 1000, 3),
+        "non2xx": int(raw["non2xx"]),
+        "socket_errors": errors,
+        "first_non2xx": raw["sample"],
+        "cpu_ms_per_req": None,
+        "peak_rss_mib": None,
+    }
+    if server.pid and requests:
+        run["cpu_ms_per_req"] = round((cpu_after - cpu_before) * 1000 / (requests + connections), 3)
+        run["rss_mib_per_worker"] = peak_rss_mib(server.pid)
+        run["peak_rss_mib"] = max(run["rss_mib_per_worker"], default=None)
+    return run
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the runs (sums for error counts, the maximum for peak memory)."""
+
+    def median(key: str) -> float | None:
+        values = [r[key] for r in runs if r[key] is not None]
+        return round(statistics.median(values), 3) if values else None
+
+    rss = [r["peak_rss_mib"] for r in runs if r["peak_rss_mib"] is not None]
+    return {
+        **{k: median(k) for k in ("rps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "cpu_ms_per_req")},
+        "peak_rss_mib": max(rss) if rss else None,
+        "requests": sum(r["requests"] for r in runs),
+        "non2xx": sum(r["non2xx"] for r in runs),
+        "socket_errors": sum(sum(r["socket_errors"].values()) for r in runs),
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def run_benchmark(
+    target_url: str, reference_url: str | None = None, options: Options | None = None
+) -> dict[str, Any]:
+    """Seed each server, run every scenario --runs times (servers interleaved), return the report."""
+    opts = options or Options()
+    require_wrk()
+    unknown = set(opts.scenarios) - set(SCENARIOS)
+    if unknown:
+        raise BenchError(f"unknown scenario(s) {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
+    scenarios = [s for s in SCENARIOS if s in opts.scenarios]
+    servers = [Server("target", target_url.rstrip("/"), opts.target_pid)]
+    if reference_url:
+        servers.append(Server("reference", reference_url.rstrip("/"), opts.reference_pid))
+    report: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()},
+        "options": {**asdict(opts), "scenarios": scenarios},
+        "servers": {},
+        "scenarios": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="todo-bench-") as tmp:
+        for server in servers:
+            started = time.monotonic()
+            users = asyncio.run(seed(server.url, opts.users, opts.tasks))
+            server.data_file = Path(tmp) / f"{server.name}.lua"
+            write_lua_data(server.data_file, server.url, users)
+            server.seed = {
+                "users": len(users),
+                "tasks_per_user": opts.tasks,
+                "seconds": round(time.monotonic() - started, 1),
+            }
+            log(
+                f"seeded {server.name} {server.url}: {opts.users} users x {opts.tasks} tasks "
+                f"in {server.seed['seconds']} s"
+            )
+            report["servers"][server.name] = {"url": server.url, "pid": server.pid, "seed": server.seed}
+
+        for scenario in scenarios:
+            runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
+            for i in range(opts.runs):
+                for server in servers:
+                    offset = sum(r["requests"] for r in runs[server.name])
+                    run = measure(server, scenario, offset, opts)
+                    runs[server.name].append(run)
+                    log(
+                        f"  {scenario:<9} run {i + 1}/{opts.runs} {server.name:<9} {run['rps']:>9.1f} req/s  "
+                        f"p99 {run['p99_ms']:8.2f} ms  non-2xx {run['non2xx']}"
+                    )
+            entry: dict[str, Any] = {name: {"median": summarise(r), "runs": r} for name, r in runs.items()}
+            if reference_url:
+                t, ref = entry["target"]["median"], entry["reference"]["median"]
+                entry["ratio"] = {
+                    "rps": _ratio(t["rps"], ref["rps"]),
+                    "p99": _ratio(t["p99_ms"], ref["p99_ms"]),
+                    "cpu_ms_per_req": _ratio(t["cpu_ms_per_req"], ref["cpu_ms_per_req"]),
+                }
+            report["scenarios"][scenario] = entry
+    report["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return report
+
+
+# --- output ---
+
+
+# (heading, width, key of a median, decimals)
+COLUMNS = (
+    ("req/s", 9, "rps", 1),
+    ("p50 ms", 8, "p50_ms", 2),
+    ("p90 ms", 8, "p90_ms", 2),
+    ("p99 ms", 8, "p99_ms", 2),
+    ("max ms", 8, "max_ms", 1),
+    ("errors", 7, "errors", 0),
+    ("cpu ms/req", 10, "cpu_ms_per_req", 3),
+    ("rss MiB", 8, "peak_rss_mib", 1),
+)
+
+
+def _row(scenario: str, server: str, values: dict[str, Any], decimals: int | None = None) -> str:
+    cells = []
+    for _, width, key, digits in COLUMNS:
+        value = values.get(key, "")
+        if value is None:
+            value = "-"
+        elif not isinstance(value, str):
+            value = f"{value:.{digits if decimals is None else decimals}f}"
+        cells.append(f"{value:>{width}}")
+    return f"{scenario:<9} {server:<10} {' '.join(cells)}".rstrip()
+
+
+def format_table(report: dict[str, Any]) -> str:
+    opts = report["options"]
+    lines = [
+        f"todo-api benchmark {report['started']}: medians of {opts['runs']} run(s) x {opts['duration']} s, "
+        f"wrk -t{opts['threads']} -c{opts['connections']} (login -c{opts['login_connections']}), "
+        f"{opts['users']} users x {opts['tasks']} tasks",
+        *(
+            f"  {name}: {s['url']}" + (f" (pid {s['pid']})" if s["pid"] else "")
+            for name, s in report["servers"].items()
+        ),
+        "",
+        _row("scenario", "server", {key: heading for heading, _, key, _ in COLUMNS}),
+    ]
+    for scenario, entry in report["scenarios"].items():
+        for name in ("target", "reference"):
+            if name in entry:
+                m = entry[name]["median"]
+                label = scenario if name == "target" else ""
+                lines.append(_row(label, name, {**m, "errors": m["non2xx"] + m["socket_errors"]}))
+        if "ratio" in entry:
+            r = entry["ratio"]
+            ratios = {"rps": r["rps"], "p99_ms": r["p99"], "cpu_ms_per_req": r["cpu_ms_per_req"]}
+            lines.append(_row("", "t/r", ratios, decimals=2))
+    lines += [
+        "",
+        "errors: non-2xx responses, socket errors and timeouts, summed over the runs; cpu: server CPU time "
+        "(all its processes) per request; rss: peak resident memory of the largest worker; "
+        "t/r = target / reference (req/s: higher is better for the target; p99 and cpu: lower is better)",
+    ]
+    return "\n".join(lines)
+
+
+def problems(report: dict[str, Any]) -> list[str]:
+    found = []
+    for scenario, entry in report["scenarios"].items():
+        for name in ("target", "reference"):
+            for run in entry.get(name, {}).get("runs", []):
+                if run["non2xx"]:
+                    found.append(
+                        f"{scenario} on {name}: {run['non2xx']} non-2xx, first: {run['first_non2xx']}"
+                    )
+                    break
+    return found
+
+
+# --- servers started by the harness (make bench) ---
+
+
+def fresh_database(pg_url: str, name: str) -> str:
+    """Drop and re-create database `name` on the server of pg_url; return its URL."""
+    parts = urlsplit(pg_url)
+    conn = [
+        "-h",
+        parts.hostname or "127.0.0.1",
+        "-p",
+        str(parts.port or 5432),
+        "-U",
+        parts.username or "postgres",
+    ]
+    env = {**os.environ, **({"PGPASSWORD": parts.password} if parts.password else {})}
+    for tool in ("dropdb", "createdb"):
+        if shutil.which(tool) is None:
+            raise BenchError(f"{tool} is not on PATH (Debian: apt-get install -y postgresql-client)")
+    subprocess.run(["dropdb", *conn, "--if-exists", "--force", name], check=True, env=env)  # noqa: S603, S607
+    subprocess.run(["createdb", *conn, name], check=True, env=env)  # noqa: S603, S607
+    return f"{parts.scheme}://{parts.netloc}/{name}"
+
+
+@contextmanager
+def managed_server(name: str, cmd: list[str], env: dict[str, str], url: str) -> Iterator[int]:
+    """Start a server in its own process group, wait for GET /health, yield its pid, stop it after."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    log_path = RESULTS_DIR / f"{name}.log"
+    log(f"starting {name}: {' '.join(cmd)} (log: {log_path.relative_to(REPO_DIR)})")
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                if proc.poll() is not None:
+                    tail = log_path.read_text(errors="replace")[-2000:]
+                    raise BenchError(
+                        f"{name} exited with {proc.returncode} before answering /health:\n{tail}"
+                    )
+                try:
+                    if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{name} did not answer {url}/health within 60 s (see {log_path})")
+                time.sleep(0.25)
+            yield proc.pid
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def server_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {**BENCH_ENV, **os.environ, **extra}
+    if len(env.get("BETTER_AUTH_SECRET", "")) < 32:
+        env["BETTER_AUTH_SECRET"] = secrets.token_urlsafe(36)
+    return env
+
+
+def start_todo_api(stack: ExitStack, args: argparse.Namespace) -> tuple[str, int]:
+    database_url = fresh_database(args.pg_url, "todo_bench")
+    env = server_env({"DATABASE_URL": database_url, **NO_THROTTLING})
+    subprocess.run([args.todo_api_bin, "migrate"], env=env, check=True)  # noqa: S603
+    url = f"http://127.0.0.1:{args.todo_api_port}"
+    cmd = [
+        args.todo_api_bin,
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.todo_api_port),
+        "--workers",
+        str(args.workers),
+    ]
+    return url, stack.enter_context(managed_server("todo-api", cmd, env, url))
+
+
+def start_reference(stack: ExitStack, args: argparse.Namespace) -> tuple[str, int]:
+    app_dir = Path(args.start_reference)
+    if not (app_dir / "reference_app.py").is_file():
+        raise BenchError(f"no reference_app.py in {app_dir} (pass --start-reference DIR)")
+    env = server_env({"LIMIT_DATABASE_URL": fresh_database(args.pg_url, "todo_bench_reference")})
+    url = f"http://127.0.0.1:{args.reference_port}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "reference_app:app",
+        "--app-dir",
+        str(app_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.reference_port),
+        "--workers",
+        str(args.workers),
+        "--no-access-log",
+    ]
+    return url, stack.enter_context(managed_server("reference", cmd, env, url))
+
+
+# --- command line ---
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", help="URL of a running todo-api (or use --start-todo-api)")
+    p.add_argument("--reference", help="URL of a running yardstick server to compare with")
+    p.add_argument("--scenarios", help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)")
+    p.add_argument("--duration", type=int, help="seconds per wrk run (default 5, quick 3)")
+    p.add_argument("--connections", type=int, default=100, help="wrk connections (default 100)")
+    p.add_argument("--login-connections", type=int, default=8, help="wrk connections for login (default 8)")
+    p.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    p.add_argument("--users", type=int, help="users to seed per server (default 50, quick 20)")
+    p.add_argument("--tasks", type=int, help="tasks to seed per user (default 50, quick 20)")
+    p.add_argument(
+        "--runs", type=int, help="runs per scenario and server; medians are reported (default 3, quick 1)"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"about a minute: 1 run x 3 s, 20 users x 20 tasks, scenarios {','.join(QUICK_SCENARIOS)}",
+    )
+    p.add_argument("--json-out", type=Path, help="report file (default bench/results/<timestamp>.json)")
+    p.add_argument(
+        "--server-pid", type=int, help="pid of the target server, to sample its CPU time and memory"
+    )
+    p.add_argument("--reference-pid", type=int, help="pid of the reference server, likewise")
+    g = p.add_argument_group("servers started by the harness (each on a fresh database, stopped at the end)")
+    g.add_argument(
+        "--start-todo-api",
+        action="store_true",
+        help="run `todo-api migrate`, then `todo-api serve`, and benchmark it as the target",
+    )
+    g.add_argument(
+        "--start-reference",
+        nargs="?",
+        const=str(DEFAULT_REFERENCE_DIR),
+        metavar="DIR",
+        help=f"serve DIR/reference_app.py with uvicorn as the reference (default {DEFAULT_REFERENCE_DIR})",
+    )
+    g.add_argument("--workers", type=int, default=1, help="workers for each started server (default 1)")
+    g.add_argument("--todo-api-bin", default=str(REPO_DIR / ".venv" / "bin" / "todo-api"))
+    g.add_argument("--todo-api-port", type=int, default=8300)
+    g.add_argument("--reference-port", type=int, default=8301)
+    g.add_argument(
+        "--pg-url",
+        default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432"),
+        help="PostgreSQL server for started servers' databases todo_bench and todo_bench_reference",
+    )
+    args = p.parse_args(argv)
+    if bool(args.target) == args.start_todo_api:
+        p.error("give exactly one of --target URL and --start-todo-api")
+    if args.reference and args.start_reference:
+        p.error("give at most one of --reference URL and --start-reference")
+    return args
+
+
+def options_from(args: argparse.Namespace) -> Options:
+    quick = args.quick
+    scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip()) if args.scenarios else None
+    return Options(
+        scenarios=scenarios or (QUICK_SCENARIOS if quick else SCENARIOS),
+        duration=args.duration or (3 if quick else 5),
+        connections=args.connections,
+        login_connections=args.login_connections,
+        threads=args.threads,
+        users=args.users or (20 if quick else 50),
+        tasks=args.tasks or (20 if quick else 50),
+        runs=args.runs or (1 if quick else 3),
+        target_pid=args.server_pid,
+        reference_pid=args.reference_pid,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    opts = options_from(args)
+    try:
+        require_wrk()
+        with ExitStack() as stack:
+            target, reference = args.target, args.reference
+            if args.start_todo_api:
+                target, opts.target_pid = start_todo_api(stack, args)
+            if args.start_reference:
+                reference, opts.reference_pid = start_reference(stack, args)
+            report = run_benchmark(target, reference, opts)
+    except (BenchError, subprocess.CalledProcessError) as exc:
+        log(f"bench: {exc}")
+        return 2
+    print(format_table(report))
+    out = args.json_out or RESULTS_DIR / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    log(f"report written to {out}")
+    found = problems(report)
+    for problem in found:
+        log(f"WARNING {problem}")
+    return 3 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, status
+
+from todo_api.auth.deps import CurrentPrincipal
+from todo_api.auth.models import User
+from todo_api.auth.schemas import LoginIn, MeOut, SignupIn, TokenOut
+from todo_api.clients import client_address
+from todo_api.context import AppContext, ContextDep
+from todo_api.db import SessionDep
+from todo_api.docs import problems
+from todo_api.http import JsonResponse, parse_body, request_body_doc
+
+router = APIRouter(prefix="/api/auth", tags=["auth"])
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def token_response(context: AppContext, user: User, status_code: int) -> JsonResponse:
+    body = {
+        "access_token": context.tokens.issue(user.id),
+        "token_type": "bearer",
+        "expires_in": context.tokens.lifetime,
+        "user": {
+            "id": user.id,
+            "username": user.username,
+            "email": user.email,
+            "created_at": user.created_at.isoformat(timespec="microseconds"),
+        },
+    }
+    return JsonResponse(body, status_code=status_code, headers=NO_STORE)
+
+
+@router.post(
+    "/signup",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TokenOut,
+    responses=problems(400, 409, 429),
+    openapi_extra=request_body_doc(SignupIn),
+)
+async def signup(request: Request, context: ContextDep, session: SessionDep) -> JsonResponse:
+    """Create an account and get a token for it."""
+    client = client_address(request, context.settings.trusted_proxies)
+    await context.accounts.throttles.signup.take(client)
+    data = await parse_body(request, SignupIn)
+    user = await context.accounts.signup(session, data)
+    return token_response(context, user, status.HTTP_201_CREATED)
+
+
+@router.post(
+    "/login",
+    response_model=TokenOut,
+    responses=problems(400, 401, 429),
+    openapi_extra=request_body_doc(LoginIn),
+)
+async def login(request: Request, context: ContextDep, session: SessionDep) -> JsonResponse:
+    """Exchange a username (or email) and password for a token."""
+    data = await parse_body(request, LoginIn)
+    user = await context.accounts.login(session, data, client_address(request, context.settings.trusted_proxies))
+    return token_response(context, user, status.HTTP_200_OK)
+
+
+@router.get("/me", response_model=MeOut, responses=problems(401, 503))
+async def me(principal: CurrentPrincipal, session: SessionDep) -> JsonResponse:
+    """Who the token belongs to; its `id` is the `user_id` for task paths."""
+    user = await session.get(User, principal.sub)
+    if user is not None:
+        return JsonResponse({"id": user.id, "username": user.username, "email": user.email})
+    # A Better Auth user (or a frontend-minted token): what the token itself says.
+    claims = principal.claims
+    name, email = claims.get("name"), claims.get("email")
+    return JsonResponse({
+        "id": principal.sub,
+        "username": name if isinstance(name, str) else None,
+        "email": email if isinstance(email, str) else None,
+    })

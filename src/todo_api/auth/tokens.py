@@ -1,0 +1,99 @@
+"""Bearer tokens: HS256 ones this API issues (or a frontend mints with the shared secret), and Better Auth's."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import jwt
+
+from todo_api.config import Settings
+from todo_api.errors import Unauthorized
+
+LEEWAY_SECONDS = 60
+HS256 = "HS256"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a verified token speaks for. `sub` is the owner id of their tasks."""
+
+    sub: str
+    claims: dict[str, Any]
+
+
+class AsymmetricVerifier(Protocol):
+    """Verifies tokens signed by a key from a JWKS (Better Auth's JWT plugin)."""
+
+    async def verify(self, token: str, header: dict[str, Any]) -> dict[str, Any]: ...
+
+
+def describe(error: jwt.PyJWTError) -> str:
+    """A short, safe `error_description` for RFC 6750's WWW-Authenticate."""
+    if isinstance(error, jwt.ExpiredSignatureError):
+        return "token expired"
+    if isinstance(error, jwt.ImmatureSignatureError):
+        return "token not yet valid"
+    if isinstance(error, jwt.InvalidSignatureError):
+        return "signature verification failed"
+    if isinstance(error, jwt.MissingRequiredClaimError):
+        return f"token has no {error.claim} claim"
+    if isinstance(error, jwt.InvalidIssuerError):
+        return "token issuer not accepted"
+    if isinstance(error, jwt.InvalidAudienceError):
+        return "token audience not accepted"
+    if isinstance(error, jwt.InvalidAlgorithmError):
+        return "token algorithm not accepted"
+    return "malformed token"
+
+
+def checked_subject(claims: dict[str, Any]) -> Principal:
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise Unauthorized("token sub must be a non-empty string")
+    return Principal(sub=sub, claims=claims)
+
+
+class TokenService:
+    def __init__(self, settings: Settings, secret: str, jwks: AsymmetricVerifier | None = None) -> None:
+        self._secret = secret
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self.lifetime = settings.access_token_expire_minutes * 60
+        self._jwks = jwks
+
+    def issue(self, user_id: str) -> str:
+        now = int(time.time())
+        claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + self.lifetime}
+        if self._issuer:
+            claims["iss"] = self._issuer
+        if self._audience:
+            claims["aud"] = self._audience
+        return jwt.encode(claims, self._secret, algorithm=HS256)
+
+    async def verify(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthorized("malformed token") from None
+        alg = header.get("alg")
+        if alg == HS256:
+            return checked_subject(self._decode_hs256(token))
+        if self._jwks is not None and isinstance(alg, str) and alg not in ("none", "HS384", "HS512"):
+            return checked_subject(await self._jwks.verify(token, header))
+        raise Unauthorized("token algorithm not accepted")
+
+    def _decode_hs256(self, token: str) -> dict[str, Any]:
+        try:
+            return jwt.decode(
+                token,
+                self._secret,
+                algorithms=[HS256],
+                issuer=self._issuer,
+                audience=self._audience,
+                leeway=LEEWAY_SECONDS,
+                options={"require": ["sub", "exp"], "verify_aud": self._audience is not None},
+            )
+        except jwt.PyJWTError as error:
+            raise Unauthorized(describe(error)) from None

@@ -1,0 +1,75 @@
+"""`todo-api serve | migrate`: the commands an operator runs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from todo_api.config import ConfigError, Settings, get_settings
+from todo_api.logs import configure_logging
+
+
+def _settings_or_exit(*, serving: bool) -> Settings:
+    """Settings that are safe to start with, or exit with a one-line reason."""
+    try:
+        settings = get_settings()
+        configure_logging(settings.log_level)
+        if serving:
+            settings.signing_secret()
+    except ValidationError as error:
+        first = error.errors()[0]
+        name = ".".join(str(part) for part in first["loc"]).upper()
+        sys.exit(f"todo-api: invalid setting {name}: {first['msg']}")
+    except ConfigError as error:
+        sys.exit(f"todo-api: {error}")
+    return settings
+
+
+def serve(args: argparse.Namespace) -> None:
+    settings = _settings_or_exit(serving=True)
+    uvicorn.run(
+        "todo_api.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=args.access_log,
+        proxy_headers=False,  # TRUSTED_PROXIES decides whom to believe, not uvicorn
+        timeout_graceful_shutdown=args.graceful_timeout,
+    )
+
+
+def migrate(_: argparse.Namespace) -> None:
+    from todo_api.migrate import upgrade
+
+    settings = _settings_or_exit(serving=False)
+    asyncio.run(upgrade(settings.migration_url))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="todo-api", description="The todo-api service.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="serve the API with uvicorn")
+    serve_cmd.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    serve_cmd.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    serve_cmd.add_argument("--workers", type=int, default=1)
+    serve_cmd.add_argument("--graceful-timeout", type=int, default=20, help="seconds to finish in-flight requests")
+    serve_cmd.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
+    serve_cmd.set_defaults(run=serve)
+    commands.add_parser("migrate", help="apply database migrations").set_defaults(run=migrate)
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    logging.captureWarnings(True)
+    main()

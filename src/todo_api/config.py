@@ -1,0 +1,160 @@
+"""Settings, read from the environment or a `.env` file (see the README's configuration table)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from limits import parse_many
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+MIN_SECRET_LENGTH = 32
+DEV_SECRET_FILE = Path(".todo-api-secret")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """A setting that makes it unsafe or impossible to start; the message is one line for the operator."""
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    database_url: str = "sqlite:///./todo.db"
+    database_url_direct: str | None = None
+    db_timeout: float = Field(default=5.0, gt=0, le=300)
+    db_pool_size: int = Field(default=10, ge=1, le=100)
+    db_max_overflow: int = Field(default=5, ge=0, le=100)
+
+    environment: Literal["development", "production"] = "development"
+    log_level: str = "INFO"
+
+    better_auth_secret: SecretStr | None = None
+    better_auth_url: str | None = None
+    better_auth_jwks_url: str | None = None
+    better_auth_issuer: str | None = None
+    better_auth_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    access_token_expire_minutes: int = Field(default=60, ge=1, le=60 * 24 * 30)
+    bcrypt_rounds: int = Field(default=12, ge=4, le=16)
+
+    login_rate_limit: str = "10/minute"
+    login_ip_rate_limit: str = "30/minute"
+    signup_rate_limit: str = "20/minute"
+    redis_url: str | None = None
+    trusted_proxies: Annotated[list[IPNetwork], NoDecode] = []
+
+    cors_origins: Annotated[list[str], NoDecode] = []
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_proxies(cls, value: object) -> object:
+        items = _split_commas(value)
+        if isinstance(items, list):
+            return [ipaddress.ip_network(str(item), strict=False) for item in items]
+        return items
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: object) -> object:
+        origins = _split_commas(value)
+        if isinstance(origins, list) and "*" in origins:
+            raise ValueError("CORS_ORIGINS takes explicit origins, not '*'")
+        return origins
+
+    @field_validator("login_rate_limit", "login_ip_rate_limit", "signup_rate_limit")
+    @classmethod
+    def _parse_rate(cls, value: str) -> str:
+        value = value.strip()
+        if value != "0":
+            parse_many(value)  # raises ValueError on a malformed limit such as "10/fortnight"
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _parse_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in logging.getLevelNamesMapping():
+            raise ValueError(f"unknown log level {value!r}")
+        return level
+
+    @model_validator(mode="after")
+    def _default_better_auth_claims(self) -> Settings:
+        # Better Auth's own defaults: iss and aud are its base URL.
+        if self.better_auth_url:
+            base = self.better_auth_url.rstrip("/")
+            object.__setattr__(self, "better_auth_issuer", self.better_auth_issuer or base)
+            object.__setattr__(self, "better_auth_audience", self.better_auth_audience or base)
+        return self
+
+    @property
+    def jwks_url(self) -> str | None:
+        if self.better_auth_jwks_url:
+            return self.better_auth_jwks_url
+        if self.better_auth_url:
+            return self.better_auth_url.rstrip("/") + "/api/auth/jwks"
+        return None
+
+    @property
+    def migration_url(self) -> str:
+        return self.database_url_direct or self.database_url
+
+    def signing_secret(self) -> str:
+        """The HS256 secret; raises ConfigError when it is unsafe to start with it."""
+        if self.better_auth_secret is not None:
+            secret = self.better_auth_secret.get_secret_value()
+            if len(secret) < MIN_SECRET_LENGTH:
+                raise ConfigError(
+                    f"BETTER_AUTH_SECRET must be at least {MIN_SECRET_LENGTH} characters (got {len(secret)})"
+                )
+            return secret
+        if self.environment == "production":
+            raise ConfigError("BETTER_AUTH_SECRET is required when ENVIRONMENT=production")
+        return _development_secret()
+
+
+def _development_secret() -> str:
+    """A random secret kept in a git-ignored file, so restarts and every worker share it."""
+    if not DEV_SECRET_FILE.exists():
+        # Write a private temporary file, then link it into place: link() fails if another worker won the race,
+        # so nobody ever reads a half-written secret.
+        draft = DEV_SECRET_FILE.with_name(f"{DEV_SECRET_FILE.name}.{os.getpid()}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_urlsafe(48) + "\n")
+        try:
+            os.link(draft, DEV_SECRET_FILE)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    secret = DEV_SECRET_FILE.read_text().strip()
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise ConfigError(f"{DEV_SECRET_FILE} holds a short secret; delete it to have a new one made")
+    log.warning(
+        "BETTER_AUTH_SECRET is not set: using a random development secret kept in %s. Set BETTER_AUTH_SECRET "
+        "(the one your Better Auth frontend uses) before going near production.",
+        DEV_SECRET_FILE.resolve(),
+    )
+    return secret
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

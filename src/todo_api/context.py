@@ -1,0 +1,30 @@
+"""What the app builds once at start and every request shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from todo_api.auth.service import Accounts
+from todo_api.auth.tokens import TokenService
+from todo_api.config import Settings
+
+
+@dataclass(frozen=True)
+class AppContext:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    tokens: TokenService
+    accounts: Accounts
+
+
+def get_context(request: Request) -> AppContext:
+    context: AppContext = request.app.state.context
+    return context
+
+
+ContextDep = Annotated[AppContext, Depends(get_context)]

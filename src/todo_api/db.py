@@ -1,0 +1,172 @@
+"""The database: URL handling (Neon, PgBouncer, SQLite), the engine, and one transaction per request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import DateTime, MetaData, event, exc
+from sqlalchemy.engine import URL, Dialect, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import SQLModel
+
+from todo_api.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Stable constraint and index names, so Alembic migrations stay reviewable (and droppable) on every backend.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata: MetaData = SQLModel.metadata
+
+# libpq parameters that asyncpg does not take as keywords; sslmode and channel_binding are translated below.
+_LIBPQ_ONLY = {"sslmode", "channel_binding", "sslrootcert", "sslcert", "sslkey", "target_session_attrs",
+               "connect_timeout", "options", "pgbouncer", "application_name"}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, with microseconds, on PostgreSQL (timestamptz) and SQLite (text) alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class DatabaseUrl:
+    """A URL the async drivers take, plus the connect arguments it implies."""
+
+    url: URL
+    connect_args: dict[str, Any]
+    pooled: bool  # behind PgBouncer in transaction mode: no server-side prepared statement cache
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.get_backend_name() == "sqlite"
+
+
+def parse_database_url(raw: str, timeout: float = 5.0) -> DatabaseUrl:
+    """Turn a URL as Neon, Heroku or a developer writes it into one for asyncpg or aiosqlite."""
+    url = make_url(raw.strip())
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return DatabaseUrl(url.set(drivername="sqlite+aiosqlite"), {"timeout": timeout}, pooled=False)
+    if backend not in ("postgresql", "postgres"):
+        raise ValueError(f"DATABASE_URL must be a postgresql:// or sqlite:// URL, not {backend}://")
+
+    query = dict(url.query)
+    warnings: list[str] = []
+    connect_args: dict[str, Any] = {"timeout": timeout, "command_timeout": timeout}
+    sslmode = query.get("sslmode")
+    if isinstance(sslmode, str):
+        # asyncpg understands libpq's sslmode names (disable … verify-full) through its `ssl` argument.
+        connect_args["ssl"] = sslmode
+    if query.get("channel_binding") not in (None, "disable"):
+        warnings.append("channel_binding is not supported by asyncpg and was dropped; TLS still applies")
+    host = url.host or ""
+    pooled = "-pooler" in host or query.get("pgbouncer") == "true"
+    if pooled:
+        # PgBouncer in transaction mode: a connection may land on another server process for every
+        # transaction, so statements are prepared unnamed-per-use and never cached.
+        connect_args["statement_cache_size"] = 0
+        connect_args["prepared_statement_name_func"] = lambda: f"__asyncpg_{uuid.uuid4()}__"
+    clean_query = {key: value for key, value in query.items() if key not in _LIBPQ_ONLY}
+    if pooled:
+        clean_query["prepared_statement_cache_size"] = "0"
+    return DatabaseUrl(
+        url.set(drivername="postgresql+asyncpg", query=clean_query),
+        connect_args,
+        pooled=pooled,
+        warnings=tuple(warnings),
+    )
+
+
+def _sqlite_lower(value: str | None) -> str | None:
+    return None if value is None else value.lower()
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Unicode-aware lower(): SQLite's own folds only ASCII, PostgreSQL folds everything.
+    dbapi_connection.create_function("lower", 1, _sqlite_lower, deterministic=True)
+    cursor = dbapi_connection.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
+    parsed = parse_database_url(url or settings.database_url, settings.db_timeout)
+    for warning in parsed.warnings:
+        log.warning("DATABASE_URL: %s", warning)
+    options: dict[str, Any] = {"connect_args": parsed.connect_args, "pool_timeout": settings.db_timeout}
+    if parsed.is_sqlite:
+        engine = create_async_engine(parsed.url, pool_size=5, **options)
+        event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+        return engine
+    return create_async_engine(
+        parsed.url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_recycle=240,  # under Neon's idle timeout, so a suspended compute rarely hands back a dead socket
+        **options,
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One transaction per request: committed before the response is sent, rolled back on any error."""
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.context.sessionmaker
+    async with sessionmaker() as session, session.begin():
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+# What "the database is not answering" looks like from SQLAlchemy, the drivers and the socket layer.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    exc.OperationalError,
+    exc.InterfaceError,
+    exc.TimeoutError,
+    exc.DisconnectionError,
+    OSError,  # refused, reset, unreachable, name not resolved
+    asyncio.TimeoutError,
+    sqlite3.OperationalError,
+)
+
+
+def is_unavailable(error: BaseException) -> bool:
+    if isinstance(error, UNAVAILABLE_ERRORS):
+        return True
+    return isinstance(error, exc.DBAPIError) and error.connection_invalidated
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

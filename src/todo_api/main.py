@@ -1,0 +1,152 @@
+"""The application factory: `create_app()` wires settings, database, auth, routes and error handling."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
+from sqlalchemy import text
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from todo_api import __version__
+from todo_api.auth.passwords import PasswordHasher
+from todo_api.auth.router import router as auth_router
+from todo_api.auth.service import Accounts
+from todo_api.auth.tokens import TokenService
+from todo_api.config import Settings, get_settings
+from todo_api.context import AppContext
+from todo_api.db import UNAVAILABLE_ERRORS, create_engine, create_sessionmaker
+from todo_api.docs import install_openapi, problem_pages, problems
+from todo_api.errors import (
+    ApiError,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    Unavailable,
+    ValidationFailed,
+)
+from todo_api.errors import problem_response as render
+from todo_api.http import JsonResponse, error_items
+from todo_api.logs import configure_logging
+from todo_api.middleware import (
+    BodyLimitMiddleware,
+    LastResortMiddleware,
+    ProblemCORSMiddleware,
+    RequestContextMiddleware,
+)
+from todo_api.ratelimit import Throttles
+from todo_api.tasks.router import router as tasks_router
+
+log = logging.getLogger(__name__)
+
+
+def build_context(settings: Settings) -> AppContext:
+    secret = settings.signing_secret()  # raises ConfigError before anything else starts
+    engine = create_engine(settings)
+    hasher = PasswordHasher(settings.bcrypt_rounds)
+    return AppContext(
+        settings=settings,
+        engine=engine,
+        sessionmaker=create_sessionmaker(engine),
+        tokens=TokenService(settings, secret),
+        accounts=Accounts(hasher, Throttles(settings)),
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    if not logging.getLogger().handlers:  # a uvicorn worker process starts with none
+        configure_logging(settings.log_level)
+    context = build_context(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await context.accounts.hasher.warm_up()
+        yield
+        await context.engine.dispose()
+        context.accounts.hasher.close()
+
+    app = FastAPIOffline(
+        title="todo-api",
+        version=__version__,
+        description=(
+            "A multi-user todo API. Sign up or log in under **auth**, press **Authorize** and paste the "
+            "`access_token`; then use your `id` from `GET /api/auth/me` as `user_id` in task paths. "
+            "Every error is RFC 9457 `application/problem+json`."
+        ),
+        lifespan=lifespan,
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
+    app.state.context = context
+    install_openapi(app)
+    install_error_handlers(app)
+
+    app.include_router(auth_router)
+    app.include_router(tasks_router)
+    app.include_router(problem_pages)
+
+    @app.get("/health", tags=["operations"])
+    async def health() -> JsonResponse:
+        """Liveness: answers without touching the database."""
+        return JsonResponse({"status": "ok"})
+
+    @app.get("/ready", tags=["operations"], responses=problems(503))
+    async def ready() -> JsonResponse:
+        """Readiness: 200 when the database answers, else 503."""
+        try:
+            async with asyncio.timeout(settings.db_timeout), context.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except UNAVAILABLE_ERRORS as error:
+            log.warning("readiness check failed: %s", type(error).__name__)
+            raise Unavailable("The database is not answering.") from None
+        return JsonResponse({"status": "ready"})
+
+    # Outermost first: request id on everything, CORS headers on errors too, then the 500 net, then 413.
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(LastResortMiddleware)
+    if settings.cors_origins:
+        app.add_middleware(
+            ProblemCORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "If-Match", "X-Request-ID"],
+            expose_headers=["ETag", "Location", "X-Request-ID", "Retry-After"],
+            allow_credentials=False,
+            max_age=600,
+        )
+    app.add_middleware(RequestContextMiddleware)
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def api_error(_: Request, error: Exception) -> Response:
+        assert isinstance(error, ApiError)
+        return render(error)
+
+    async def invalid_request(_: Request, error: Exception) -> Response:
+        assert isinstance(error, RequestValidationError)
+        return render(ValidationFailed(error_items(error.errors())))
+
+    async def http_error(_: Request, error: Exception) -> Response:
+        # Starlette's own: no route (404), wrong method (405); anything else we never expect to see.
+        assert isinstance(error, HTTPException)
+        problem: ApiError
+        if error.status_code == 404:
+            problem = NotFound("There is no such resource.")
+        elif error.status_code == 405:
+            problem = MethodNotAllowed(headers=error.headers)
+        elif error.status_code < 500:
+            problem = ValidationFailed.one(["request"], str(error.detail))
+        else:
+            problem = InternalError()
+        return render(problem)
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(HTTPException, http_error)

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import Index, Table, Text
+from sqlalchemy.dialects import postgresql
+from sqlmodel import Field, SQLModel
+
+from todo_api.db import UTCDateTime
+
+# Titles sort case-insensitively by code point, the same on every backend and whatever the database's locale.
+TitleKey = Text().with_variant(postgresql.TEXT(collation="C"), "postgresql")
+
+
+class Task(SQLModel, table=True):
+    __tablename__ = "tasks"
+    __table_args__ = (
+        # One index per sort order, each led by the owner and ended by the tie-breaker, so a page is an index
+        # range scan whatever the table or the owner holds (PostgreSQL scans them backwards for `desc`).
+        Index("ix_tasks_owner_created", "user_id", "created_at", "id"),
+        Index("ix_tasks_owner_updated", "user_id", "updated_at", "id"),
+        Index("ix_tasks_owner_title", "user_id", "title_key", "id"),
+        Index("ix_tasks_owner_completed", "user_id", "completed", "id"),
+    )
+
+    id: uuid.UUID = Field(primary_key=True)
+    user_id: str = Field(max_length=255)
+    title: str = Field(max_length=200)
+    title_key: str = Field(sa_type=TitleKey)  # lower(title), kept by the service
+    description: str | None = Field(default=None, max_length=2000)
+    completed: bool = False
+    version: int = 1  # bumped by every change; the ETag is derived from it
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+tasks: Table = Task.__table__  # type: ignore[attr-defined]

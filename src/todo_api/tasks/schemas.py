@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
+
+from todo_api.text import CleanStr
+
+READ_ONLY_FIELDS = frozenset({"id", "user_id", "created_at", "updated_at"})
+
+Title = Annotated[
+    CleanStr,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    Field(description="1–200 characters after trimming; stored trimmed.", examples=["Buy milk"]),
+]
+Description = Annotated[CleanStr, Field(max_length=2000, examples=["Two litres, semi-skimmed"])]
+
+
+def _document_read_only(schema: dict[str, Any]) -> None:
+    for name in sorted(READ_ONLY_FIELDS):
+        schema["properties"][name] = {"readOnly": True, "description": "Ignored when sent, whatever its type."}
+
+
+class TaskBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_document_read_only)
+
+
+class TaskWrite(TaskBody):
+    """A whole task: the body of POST (create) and PUT (full replacement)."""
+
+    title: Title
+    description: Description | None = None
+    completed: StrictBool = False
+
+
+class TaskPatch(TaskBody):
+    """Any of the fields; those absent stay as they are. `title` cannot be null; `description: null` clears it."""
+
+    title: Title = None  # type: ignore[assignment]  # absent is fine, explicit null is not
+    description: Description | None = None
+    completed: StrictBool = None  # type: ignore[assignment]
+
+
+class TaskCompletion(TaskBody):
+    completed: StrictBool = True
+
+
+class TaskOut(BaseModel):
+    id: uuid.UUID
+    user_id: str
+    title: str
+    description: str | None
+    completed: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class TaskPage(BaseModel):
+    items: list[TaskOut]
+    total: int
+    page: int
+    page_size: int
+    pages: int
+
+
+SortBy = Literal["created_at", "updated_at", "title", "completed"]
+SortOrder = Literal["asc", "desc"]
+
+
+class ListQuery(BaseModel):
+    page: int = 1
+    page_size: int = 20
+    sort_by: SortBy = "created_at"
+    sort_order: SortOrder = "desc"
+    completed: bool | None = None
+    q: str | None = None
