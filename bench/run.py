@@ -41,10 +41,11 @@ DEFAULT_REFERENCE_DIR = REPO_DIR.parent / "shared" / "bench"
 
 # run order: reads first, creates last (creates grow the task lists that `list` counts and pages)
 SCENARIOS = ("list", "get", "update", "complete", "login", "create", "mixed")
-QUICK_SCENARIOS = ("list", "get", "update", "login", "create", "mixed")
+QUICK_SCENARIOS = ("list", "get", "login", "create", "mixed")
 PASSWORD = "benchpass-123"  # noqa: S105 -- the password of throwaway bench users
 BENCH_ENV = {"BCRYPT_ROUNDS": "12"}  # defaults for managed servers; the environment may override them
 NO_THROTTLING = {"LOGIN_RATE_LIMIT": "0", "LOGIN_IP_RATE_LIMIT": "0", "SIGNUP_RATE_LIMIT": "0"}
+WRITERS = 5  # extra users that `create` writes to (see seed)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -55,7 +56,7 @@ class BenchError(Exception):
 @dataclass
 class Options:
     scenarios: tuple[str, ...] = SCENARIOS
-    duration: int = 5  # seconds per wrk run
+    duration: int = 4  # seconds per wrk run
     connections: int = 100
     login_connections: int = 8  # bcrypt-bound: a few connections already saturate the server
     threads: int = 1  # wrk threads
@@ -104,10 +105,14 @@ def _expect(response: httpx.Response, status: int, what: str) -> Any:
     return orjson.loads(response.content)
 
 
-async def seed(base_url: str, users: int, tasks: int, concurrency: int = 32) -> list[SeedUser]:
-    """Sign up `users` fresh users and create `tasks` tasks for each, through the public API."""
+async def seed(base_url: str, users: int, tasks: int, writers: int = WRITERS) -> dict[str, list[SeedUser]]:
+    """Sign up `users` fresh users with `tasks` tasks each, and `writers` more without tasks, by the API.
+
+    `create` adds its tasks to the writers, so the lists that later scenarios read do not grow with how fast
+    a server creates. Signups run 8 at a time (bcrypt-bound on the server), task creations 32 at a time.
+    """
     stamp = f"{int(time.time()):x}{secrets.token_hex(2)}"
-    limits = httpx.Limits(max_connections=concurrency)
+    limits = httpx.Limits(max_connections=32)
     async with httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=120, limits=limits) as client:
         try:
             health = await client.get("/health")
@@ -115,52 +120,54 @@ async def seed(base_url: str, users: int, tasks: int, concurrency: int = 32) -> 
             raise BenchError(f"{base_url} does not answer ({exc!r}): is the server running?") from exc
         _expect(health, 200, f"GET {base_url}/health")
 
-        signups = asyncio.Semaphore(8)  # bcrypt-bound on the server
+        signups, creations = asyncio.Semaphore(8), asyncio.Semaphore(32)
 
         async def signup(i: int) -> SeedUser:
             name = f"bench_{stamp}_{i:04d}"
-            body = {
-                "username": name,
-                "email": f"{name}@example.com",
-                "password": PASSWORD,
-                "confirm_password": PASSWORD,
-            }
+            body = {"username": name, "email": f"{name}@example.com", "password": PASSWORD}
             async with signups:
-                data = _expect(await client.post("/api/auth/signup", json=body), 201, "POST /api/auth/signup")
+                response = await client.post("/api/auth/signup", json={**body, "confirm_password": PASSWORD})
+            data = _expect(response, 201, "POST /api/auth/signup")
             return SeedUser(id=str(data["user"]["id"]), name=name, token=str(data["access_token"]))
-
-        created = await asyncio.gather(*(signup(i) for i in range(users)))
 
         async def add_task(user: SeedUser, j: int) -> str:
             body = {"title": f"seed task {j}", "description": f"seeded for {user.name}"}
             headers = {"Authorization": f"Bearer {user.token}"}
-            response = await client.post(f"/api/{quote(user.id, safe='')}/tasks", json=body, headers=headers)
+            async with creations:
+                response = await client.post(
+                    f"/api/{quote(user.id, safe='')}/tasks", json=body, headers=headers
+                )
             return str(_expect(response, 201, "POST /api/{user_id}/tasks")["id"])
 
-        for user in created:  # one user at a time, its tasks concurrently
+        async def add_tasks(user: SeedUser) -> None:
             user.tasks = list(await asyncio.gather(*(add_task(user, j) for j in range(tasks))))
-    return list(created)
+
+        created = list(await asyncio.gather(*(signup(i) for i in range(users + writers))))
+        await asyncio.gather(*(add_tasks(user) for user in created[:users]))
+    return {"users": created[:users], "writers": created[users:]}
 
 
 def _lua_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def write_lua_data(path: Path, base_url: str, users: list[SeedUser]) -> None:
+def write_lua_data(path: Path, base_url: str, seeded: dict[str, list[SeedUser]]) -> None:
     """The table bench/lua/common.lua loads in init(): user ids (path-encoded), names, tokens, task ids."""
     lines = [
         "return {",
         f"  prefix = {_lua_string(urlsplit(base_url).path.rstrip('/'))},",
         f"  password = {_lua_string(PASSWORD)},",
-        "  users = {",
     ]
-    for u in users:
-        task_ids = ", ".join(_lua_string(t) for t in u.tasks)
-        lines.append(
-            f"    {{ id = {_lua_string(quote(u.id, safe=''))}, name = {_lua_string(u.name)}, "
-            f"token = {_lua_string(u.token)}, tasks = {{ {task_ids} }} }},"
-        )
-    path.write_text("\n".join([*lines, "  },", "}", ""]))
+    for group, users in seeded.items():
+        lines.append(f"  {group} = {{")
+        for u in users:
+            task_ids = ", ".join(_lua_string(t) for t in u.tasks)
+            lines.append(
+                f"    {{ id = {_lua_string(quote(u.id, safe=''))}, name = {_lua_string(u.name)}, "
+                f"token = {_lua_string(u.token)}, tasks = {{ {task_ids} }} }},"
+            )
+        lines.append("  },")
+    path.write_text("\n".join([*lines, "}", ""]))
 
 
 # --- server CPU and memory from /proc ---
@@ -341,12 +348,13 @@ def run_benchmark(
     with tempfile.TemporaryDirectory(prefix="todo-bench-") as tmp:
         for server in servers:
             started = time.monotonic()
-            users = asyncio.run(seed(server.url, opts.users, opts.tasks))
+            seeded = asyncio.run(seed(server.url, opts.users, opts.tasks))
             server.data_file = Path(tmp) / f"{server.name}.lua"
-            write_lua_data(server.data_file, server.url, users)
+            write_lua_data(server.data_file, server.url, seeded)
             server.seed = {
-                "users": len(users),
+                "users": opts.users,
                 "tasks_per_user": opts.tasks,
+                "writers": len(seeded["writers"]),
                 "seconds": round(time.monotonic() - started, 1),
             }
             log(
@@ -455,6 +463,13 @@ def problems(report: dict[str, Any]) -> list[str]:
 # --- servers started by the harness (make bench) ---
 
 
+def run_tool(cmd: list[str], env: dict[str, str]) -> None:
+    """Run a set-up command quietly; on failure stop with its output."""
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)  # noqa: S603
+    if proc.returncode != 0:
+        raise BenchError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+
+
 def fresh_database(pg_url: str, name: str) -> str:
     """Drop and re-create database `name` on the server of pg_url; return its URL."""
     parts = urlsplit(pg_url)
@@ -470,8 +485,8 @@ def fresh_database(pg_url: str, name: str) -> str:
     for tool in ("dropdb", "createdb"):
         if shutil.which(tool) is None:
             raise BenchError(f"{tool} is not on PATH (Debian: apt-get install -y postgresql-client)")
-    subprocess.run(["dropdb", *conn, "--if-exists", "--force", name], check=True, env=env)  # noqa: S603, S607
-    subprocess.run(["createdb", *conn, name], check=True, env=env)  # noqa: S603, S607
+    run_tool(["dropdb", *conn, "--if-exists", "--force", name], env)
+    run_tool(["createdb", *conn, name], env)
     return f"{parts.scheme}://{parts.netloc}/{name}"
 
 
@@ -518,9 +533,13 @@ def server_env(extra: dict[str, str]) -> dict[str, str]:
 
 
 def start_todo_api(stack: ExitStack, args: argparse.Namespace) -> tuple[str, int]:
+    if shutil.which(args.todo_api_bin) is None:
+        raise BenchError(
+            f"no todo-api executable at {args.todo_api_bin} (install the project, or --todo-api-bin)"
+        )
     database_url = fresh_database(args.pg_url, "todo_bench")
     env = server_env({"DATABASE_URL": database_url, **NO_THROTTLING})
-    subprocess.run([args.todo_api_bin, "migrate"], env=env, check=True)  # noqa: S603
+    run_tool([args.todo_api_bin, "migrate"], env)
     url = f"http://127.0.0.1:{args.todo_api_port}"
     cmd = [
         args.todo_api_bin,
@@ -567,7 +586,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--target", help="URL of a running todo-api (or use --start-todo-api)")
     p.add_argument("--reference", help="URL of a running yardstick server to compare with")
     p.add_argument("--scenarios", help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)")
-    p.add_argument("--duration", type=int, help="seconds per wrk run (default 5, quick 3)")
+    p.add_argument("--duration", type=int, help="seconds per wrk run (default 4, quick 3)")
     p.add_argument("--connections", type=int, default=100, help="wrk connections (default 100)")
     p.add_argument("--login-connections", type=int, default=8, help="wrk connections for login (default 8)")
     p.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
@@ -621,7 +640,7 @@ def options_from(args: argparse.Namespace) -> Options:
     scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip()) if args.scenarios else None
     return Options(
         scenarios=scenarios or (QUICK_SCENARIOS if quick else SCENARIOS),
-        duration=args.duration or (3 if quick else 5),
+        duration=args.duration or (3 if quick else 4),
         connections=args.connections,
         login_connections=args.login_connections,
         threads=args.threads,
@@ -645,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.start_reference:
                 reference, opts.reference_pid = start_reference(stack, args)
             report = run_benchmark(target, reference, opts)
-    except (BenchError, subprocess.CalledProcessError) as exc:
+    except BenchError as exc:
         log(f"bench: {exc}")
         return 2
     print(format_table(report))

@@ -5,7 +5,10 @@
 --
 -- The data file, written by bench/run.py, is a Lua chunk returning
 --   { prefix = "", password = "...",
---     users = { { id = "...", name = "...", token = "...", tasks = { "<uuid>", ... } }, ... } }
+--     users = { { id = "...", name = "...", token = "...", tasks = { "<uuid>", ... } }, ... },
+--     writers = { { id = "...", name = "...", token = "...", tasks = {} }, ... } }
+-- `create` adds tasks to the writers (users whose tasks nothing reads), so the task lists that the other
+-- scenarios read do not grow with a server's create throughput; `mixed` creates for the users.
 --
 -- Every request takes the next user (and the next task) round-robin; each kind of request has its own
 -- counter, starting at OFFSET (default 0; bench/run.py passes the number of requests earlier runs of the
@@ -59,11 +62,12 @@ function response(status, _, body)
 end
 
 local lists, gets, put_heads, complete_on, complete_off, create_heads, logins = {}, {}, {}, {}, {}, {}, {}
+local writer_heads = {}
 local n_users, n_tasks = 0, 0
-local counters = {}
+local counters, first_index = {}, 0
 
 local function next_index(kind)
-  local i = counters[kind]
+  local i = counters[kind] or first_index
   counters[kind] = i + 1
   return i
 end
@@ -90,6 +94,9 @@ function init(args)
     logins[u] = with_body(head("POST", "/api/auth/login"),
       string.format('{"username":"%s","password":"%s"}', user.name, data.password))
   end
+  for w, writer in ipairs(data.writers or data.users) do
+    writer_heads[w] = head("POST", "/api/" .. writer.id .. "/tasks", writer.token)
+  end
   -- slot k (0-based) is user k % n_users, task (k // n_users) % n_tasks: consecutive requests
   -- go to different users, and every task is visited once per pass
   for k = 0, n_users * n_tasks - 1 do
@@ -101,9 +108,7 @@ function init(args)
     complete_on[k + 1] = with_body(patch, '{"completed":true}')
     complete_off[k + 1] = with_body(patch, '{"completed":false}')
   end
-  for _, kind in ipairs({ "list", "get", "create", "update", "complete", "login" }) do
-    counters[kind] = (tonumber(args[2]) or 0) + (thread_id or 0)
-  end
+  first_index = (tonumber(args[2]) or 0) + (thread_id or 0)
 end
 
 function M.list()
@@ -114,10 +119,20 @@ function M.get()
   return gets[next_index("get") % #gets + 1]
 end
 
+local function create_body(i)
+  return '{"title":"bench task ' .. i .. '","description":"created by the benchmark"}'
+end
+
+-- the `create` scenario: new tasks for the writers
 function M.create()
   local i = next_index("create")
-  return with_body(create_heads[i % n_users + 1],
-    '{"title":"bench task ' .. i .. '","description":"created by the benchmark"}')
+  return with_body(writer_heads[i % #writer_heads + 1], create_body(i))
+end
+
+-- the creates within `mixed`: new tasks for the users, as real traffic would
+function M.create_for_user()
+  local i = next_index("create_for_user")
+  return with_body(create_heads[i % n_users + 1], create_body(i))
 end
 
 -- the title changes on every request, so no update is a no-op that a server could skip

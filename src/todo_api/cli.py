@@ -32,7 +32,7 @@ def _settings_or_exit(*, serving: bool) -> Settings:
 
 
 def serve(args: argparse.Namespace) -> None:
-    settings = _settings_or_exit(serving=True)
+    _settings_or_exit(serving=True)
     uvicorn.run(
         "todo_api.main:create_app",
         factory=True,

@@ -33,8 +33,18 @@ SQLModel.metadata.naming_convention = {
 metadata: MetaData = SQLModel.metadata
 
 # libpq parameters that asyncpg does not take as keywords; sslmode and channel_binding are translated below.
-_LIBPQ_ONLY = {"sslmode", "channel_binding", "sslrootcert", "sslcert", "sslkey", "target_session_attrs",
-               "connect_timeout", "options", "pgbouncer", "application_name"}
+_LIBPQ_ONLY = {
+    "sslmode",
+    "channel_binding",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "target_session_attrs",
+    "connect_timeout",
+    "options",
+    "pgbouncer",
+    "application_name",
+}
 
 
 class UTCDateTime(TypeDecorator[datetime]):

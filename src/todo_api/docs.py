@@ -42,7 +42,13 @@ _EXAMPLE_DETAIL = {
     503: "The database is not answering.",
 }
 _EXAMPLE_ERRORS = {
-    400: [{"loc": ["body", "title"], "msg": "String should have at least 1 character", "type": "string_too_short"}],
+    400: [
+        {
+            "loc": ["body", "title"],
+            "msg": "String should have at least 1 character",
+            "type": "string_too_short",
+        }
+    ],
     409: [{"loc": ["body", "email"], "msg": "This email is already taken.", "type": "conflict"}],
 }
 _HEADERS = {

@@ -8,16 +8,18 @@ from todo_api.middleware import RequestIdFilter
 
 
 def configure_logging(level: str) -> None:
-    logging.config.dictConfig({
-        "version": 1,
-        "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": RequestIdFilter}},
-        "formatters": {
-            "line": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
-        },
-        "handlers": {
-            "stderr": {"class": "logging.StreamHandler", "formatter": "line", "filters": ["request_id"]},
-        },
-        "root": {"level": level, "handlers": ["stderr"]},
-        "loggers": {"uvicorn.access": {"level": level}, "uvicorn.error": {"level": level}},
-    })
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "filters": {"request_id": {"()": RequestIdFilter}},
+            "formatters": {
+                "line": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+            },
+            "handlers": {
+                "stderr": {"class": "logging.StreamHandler", "formatter": "line", "filters": ["request_id"]},
+            },
+            "root": {"level": level, "handlers": ["stderr"]},
+            "loggers": {"uvicorn.access": {"level": level}, "uvicorn.error": {"level": level}},
+        }
+    )

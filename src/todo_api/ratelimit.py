@@ -7,8 +7,8 @@ import time
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import Storage
-from limits.storage import storage_from_string
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
 
 from todo_api.config import Settings
 from todo_api.errors import RateLimited, Unavailable
@@ -39,7 +39,7 @@ class Throttle:
             allowed = await self._limiter.test(self.item, self.name, *key)
             if not allowed:
                 stats = await self._limiter.get_window_stats(self.item, self.name, *key)
-        except Exception as error:  # noqa: BLE001 - any storage failure means we cannot tell
+        except Exception as error:
             raise _unavailable(error) from None
         if not allowed:
             raise RateLimited("Too many attempts; try again later.", retry_after=stats.reset_time - time.time())
@@ -50,7 +50,7 @@ class Throttle:
             return True
         try:
             return await self._limiter.hit(self.item, self.name, *key)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             raise _unavailable(error) from None
 
     async def take(self, *key: str) -> None:

@@ -69,8 +69,10 @@ async def me(principal: CurrentPrincipal, session: SessionDep) -> JsonResponse:
     # A Better Auth user (or a frontend-minted token): what the token itself says.
     claims = principal.claims
     name, email = claims.get("name"), claims.get("email")
-    return JsonResponse({
-        "id": principal.sub,
-        "username": name if isinstance(name, str) else None,
-        "email": email if isinstance(email, str) else None,
-    })
+    return JsonResponse(
+        {
+            "id": principal.sub,
+            "username": name if isinstance(name, str) else None,
+            "email": email if isinstance(email, str) else None,
+        }
+    )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from todo_api.auth.models import User
 from todo_api.auth.passwords import PasswordHasher
@@ -41,13 +42,11 @@ class Accounts:
         return user
 
     async def _ensure_free(self, session: AsyncSession, data: SignupIn) -> None:
-        taken = await session.execute(
-            select(func.lower(User.username) == data.username.lower(), User.email == data.email).where(
-                (func.lower(User.username) == data.username.lower()) | (User.email == data.email)
-            )
-        )
-        for username_taken, _ in taken:
-            field = "username" if username_taken else "email"
+        username_taken = func.lower(col(User.username)) == data.username.lower()
+        email_taken = col(User.email) == data.email
+        taken = await session.execute(select(username_taken, email_taken).where(username_taken | email_taken))
+        for same_username, _ in taken:
+            field = "username" if same_username else "email"
             raise Conflict(["body", field], f"This {field} is already taken.")
 
     async def login(self, session: AsyncSession, data: LoginIn, client: str) -> User:
@@ -57,9 +56,9 @@ class Accounts:
         await self.throttles.login.check(client, identifier)
         query = select(User)
         if data.email is not None or "@" in identifier:
-            query = query.where(User.email == normalized_email(identifier))
+            query = query.where(col(User.email) == normalized_email(identifier))
         else:
-            query = query.where(func.lower(User.username) == identifier)
+            query = query.where(func.lower(col(User.username)) == identifier)
         user = (await session.execute(query)).scalar_one_or_none()
         if await self.hasher.verify(data.password, user.password_hash if user else None):
             assert user is not None

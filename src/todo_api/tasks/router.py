@@ -78,12 +78,22 @@ async def list_tasks(
     ] = None,
     q: Annotated[
         str | None,
-        Query(max_length=200, pattern=r"^[^\x00]*$", description="Case-insensitive substring of title or description."),
+        Query(
+            max_length=200,
+            pattern=r"^[^\x00]*$",
+            description="Case-insensitive substring of title or description.",
+        ),
     ] = None,
 ) -> JsonResponse:
     """A page of your tasks, newest first unless asked otherwise."""
-    query = ListQuery(page=page, page_size=page_size, sort_by=sort_by, sort_order=sort_order,
-                      completed=None if completed is None else completed == "true", q=q)
+    query = ListQuery(
+        page=page,
+        page_size=page_size,
+        sort_by=sort_by,
+        sort_order=sort_order,
+        completed=None if completed is None else completed == "true",
+        q=q,
+    )
     return JsonResponse((await service.list(query)).public())
 
 
@@ -123,9 +133,7 @@ async def update_task(service: Service, task_id: TaskId, request: Request, if_ma
     responses=problems(400, 401, 403, 404, 412, 503),
     openapi_extra=request_body_doc(TaskCompletion, required=False),
 )
-async def complete_task(
-    service: Service, task_id: TaskId, request: Request, if_match: IfMatch = None
-) -> JsonResponse:
+async def complete_task(service: Service, task_id: TaskId, request: Request, if_match: IfMatch = None) -> JsonResponse:
     """Mark a task done (no body, or `{}`), or open again with `{"completed": false}`. Idempotent."""
     fields = await task_fields(request, TaskCompletion)
     return task_response(await service.change(task_id, fields, if_match))

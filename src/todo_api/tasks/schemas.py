@@ -4,23 +4,43 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
+from pydantic_core import PydanticCustomError
 
 from todo_api.text import CleanStr
 
 READ_ONLY_FIELDS = frozenset({"id", "user_id", "created_at", "updated_at"})
 
+TITLE_MAX = 200
+
+
+def _trimmed_title(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise PydanticCustomError("string_too_short", "Title must have at least 1 character after trimming")
+    if len(value) > TITLE_MAX:
+        raise PydanticCustomError("string_too_long", f"Title must have at most {TITLE_MAX} characters after trimming")
+    return value
+
+
 Title = Annotated[
     CleanStr,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
-    Field(description="1–200 characters after trimming; stored trimmed.", examples=["Buy milk"]),
+    AfterValidator(_trimmed_title),
+    Field(
+        description=f"1–{TITLE_MAX} characters after trimming white space; stored trimmed.",
+        examples=["Buy milk"],
+        json_schema_extra={"pattern": r"\S"},
+    ),
 ]
 Description = Annotated[CleanStr, Field(max_length=2000, examples=["Two litres, semi-skimmed"])]
 
 
 def _document_read_only(schema: dict[str, Any]) -> None:
     for name in sorted(READ_ONLY_FIELDS):
-        schema["properties"][name] = {"readOnly": True, "description": "Ignored when sent, whatever its type."}
+        schema["properties"][name] = {
+            "readOnly": True,
+            "description": "Ignored when sent, whatever its type.",
+        }
 
 
 class TaskBody(BaseModel):

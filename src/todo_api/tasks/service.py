@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, delete, func, insert, select, true, update
+from sqlalchemy import ColumnElement, Row, asc, delete, desc, func, insert, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from todo_api.db import utcnow
@@ -92,8 +92,8 @@ class Page:
         }
 
 
-def _state(row: Row[Any]) -> TaskState:
-    return TaskState(row._mapping)
+def _state(row: Row[*tuple[Any, ...]]) -> TaskState:
+    return TaskState(row._asdict())
 
 
 def _next_timestamp(previous: datetime) -> datetime:
@@ -137,10 +137,12 @@ class TaskService:
         if query.completed is not None:
             filters.append(tasks.c.completed == query.completed)
         if query.q:
-            filters.append(tasks.c.title.icontains(query.q, autoescape=True)
-                           | tasks.c.description.icontains(query.q, autoescape=True))
+            filters.append(
+                tasks.c.title.icontains(query.q, autoescape=True)
+                | tasks.c.description.icontains(query.q, autoescape=True)
+            )
         column = SORT_COLUMNS[query.sort_by]
-        direction = (lambda c: c.desc()) if query.sort_order == "desc" else (lambda c: c.asc())
+        direction = desc if query.sort_order == "desc" else asc
 
         counted = select(func.count().label("total")).select_from(tasks).where(*filters).subquery("counted")
         page = (
@@ -169,8 +171,9 @@ class TaskService:
         for _ in range(_MAX_WRITE_ATTEMPTS):
             current = await self.get(task_id)
             if not if_match_allows(if_match, current.etag):
-                raise PreconditionFailed("If-Match does not match the task's current ETag.",
-                                         headers={"ETag": current.etag})
+                raise PreconditionFailed(
+                    "If-Match does not match the task's current ETag.", headers={"ETag": current.etag}
+                )
             values = {name: value for name, value in changes.items() if current.row[name] != value}
             if not values:
                 return current
@@ -195,8 +198,9 @@ class TaskService:
         for _ in range(_MAX_WRITE_ATTEMPTS):
             current = await self.get(task_id)
             if not if_match_allows(if_match, current.etag):
-                raise PreconditionFailed("If-Match does not match the task's current ETag.",
-                                         headers={"ETag": current.etag})
+                raise PreconditionFailed(
+                    "If-Match does not match the task's current ETag.", headers={"ETag": current.etag}
+                )
             result = await self.session.execute(
                 delete(tasks)
                 .where(*self._owned(tasks.c.id == task_id, tasks.c.version == current.row["version"]))
