@@ -6,13 +6,20 @@ UV_VERSION := 0.13.8
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format migrate bench bench-quick install lock clean
+.PHONY: run test interop lint format migrate bench bench-quick install lock clean
 
 run: install migrate  ## set up, migrate the database (SQLite by default) and serve on 127.0.0.1:8000
 	$(BIN)/todo-api serve --host $(HOST) --port $(PORT)
 
-test: install  ## the whole suite (PostgreSQL when TEST_DATABASE_URL is set, else SQLite)
+test: install interop  ## the whole suite (PostgreSQL when TEST_DATABASE_URL is set, else SQLite)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+interop: tests/interop/node_modules/.package-lock.json  ## the real Better Auth server the interop tests start
+
+tests/interop/node_modules/.package-lock.json: tests/interop/package-lock.json
+	@if command -v npm >/dev/null; then \
+		cd tests/interop && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the Better Auth interop tests will skip"; fi
 
 lint: install  ## ruff and mypy --strict
 	$(BIN)/ruff check src tests

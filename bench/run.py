@@ -39,7 +39,7 @@ LUA_DIR = BENCH_DIR / "lua"
 RESULTS_DIR = BENCH_DIR / "results"
 DEFAULT_REFERENCE_DIR = REPO_DIR.parent / "shared" / "bench"
 
-# run order: reads first, creates last (creates grow the task lists that `list` counts and pages)
+# run order: mixed last, as its creates grow the task lists that `list` counts and pages
 SCENARIOS = ("list", "get", "update", "complete", "login", "create", "mixed")
 QUICK_SCENARIOS = ("list", "get", "login", "create", "mixed")
 PASSWORD = "benchpass-123"  # noqa: S105 -- the password of throwaway bench users
@@ -94,14 +94,8 @@ def log(message: str) -> None:
 
 def _expect(response: httpx.Response, status: int, what: str) -> Any:
     if response.status_code != status:
-        hint = (
-            " (rate limited: start the server with SIGNUP_RATE_LIMIT=0)"
-            if response.status_code == 429
-            else ""
-        )
-        raise BenchError(
-            f"{what}: expected {status}, got {response.status_code}{hint}: {response.text[:300]}"
-        )
+        hint = " (rate limited: start the server with SIGNUP_RATE_LIMIT=0)" if response.status_code == 429 else ""
+        raise BenchError(f"{what}: expected {status}, got {response.status_code}{hint}: {response.text[:300]}")
     return orjson.loads(response.content)
 
 
@@ -134,9 +128,7 @@ async def seed(base_url: str, users: int, tasks: int, writers: int = WRITERS) ->
             body = {"title": f"seed task {j}", "description": f"seeded for {user.name}"}
             headers = {"Authorization": f"Bearer {user.token}"}
             async with creations:
-                response = await client.post(
-                    f"/api/{quote(user.id, safe='')}/tasks", json=body, headers=headers
-                )
+                response = await client.post(f"/api/{quote(user.id, safe='')}/tasks", json=body, headers=headers)
             return str(_expect(response, 201, "POST /api/{user_id}/tasks")["id"])
 
         async def add_tasks(user: SeedUser) -> None:
@@ -218,19 +210,22 @@ def peak_rss_mib(pid: int) -> list[float]:
     return peaks
 
 
-def settle(pid: int | None) -> None:
-    """Let the server finish the requests a wrk run left in flight before the next run starts."""
-    if pid is None:
-        time.sleep(0.5)
-        return
-    deadline = time.monotonic() + 10
+_busy_warned: set[int] = set()
+
+
+def settle(pid: int) -> None:
+    """Wait (at most 3 s) until the server is idle: done with what a wrk run left in flight."""
+    deadline = time.monotonic() + 3
     before = cpu_seconds(pid)
     while time.monotonic() < deadline:
-        time.sleep(0.25)
+        time.sleep(0.2)
         now = cpu_seconds(pid)
-        if now - before <= 0.025:  # under 10% of a core: idle
+        if now - before <= 0.02:  # under 10% of a core: idle
             return
         before = now
+    if pid not in _busy_warned:
+        _busy_warned.add(pid)
+        log(f"warning: server pid {pid} is never idle; its CPU figures include background work")
 
 
 # --- wrk ---
@@ -263,9 +258,7 @@ def run_wrk(server: Server, scenario: str, connections: int, offset: int, opts: 
         if line.startswith("BENCH_RESULT "):
             result: dict[str, Any] = orjson.loads(line.removeprefix("BENCH_RESULT "))
             return result
-    raise BenchError(
-        f"wrk gave no result (exit {proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
-    )
+    raise BenchError(f"wrk gave no result (exit {proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
 
 
 def measure(server: Server, scenario: str, offset: int, opts: Options) -> dict[str, Any]:
@@ -275,11 +268,16 @@ def measure(server: Server, scenario: str, offset: int, opts: Options) -> dict[s
     left in flight when it stopped: one per connection, counted with the completed ones.
     """
     connections = opts.login_connections if scenario == "login" else opts.connections
-    settle(server.pid)
-    cpu_before = cpu_seconds(server.pid) if server.pid else 0.0
+    cpu_before = cpu_after = 0.0
+    if server.pid:
+        settle(server.pid)
+        cpu_before = cpu_seconds(server.pid)
+    else:
+        time.sleep(0.5)  # let the previous run's stragglers finish
     raw = run_wrk(server, scenario, connections, offset, opts)
-    settle(server.pid)
-    cpu_after = cpu_seconds(server.pid) if server.pid else 0.0
+    if server.pid:
+        settle(server.pid)
+        cpu_after = cpu_seconds(server.pid)
     requests = int(raw["requests"])
     lat = raw["latency_us"]
     errors = {k: int(v) for k, v in raw["errors"].items() if k != "status"}
@@ -325,9 +323,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
-def run_benchmark(
-    target_url: str, reference_url: str | None = None, options: Options | None = None
-) -> dict[str, Any]:
+def run_benchmark(target_url: str, reference_url: str | None = None, options: Options | None = None) -> dict[str, Any]:
     """Seed each server, run every scenario --runs times (servers interleaved), return the report."""
     opts = options or Options()
     require_wrk()
@@ -345,6 +341,7 @@ def run_benchmark(
         "servers": {},
         "scenarios": {},
     }
+    started_at = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="todo-bench-") as tmp:
         for server in servers:
             started = time.monotonic()
@@ -384,6 +381,7 @@ def run_benchmark(
                 }
             report["scenarios"][scenario] = entry
     report["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    report["seconds"] = round(time.monotonic() - started_at, 1)
     return report
 
 
@@ -453,9 +451,7 @@ def problems(report: dict[str, Any]) -> list[str]:
         for name in ("target", "reference"):
             for run in entry.get(name, {}).get("runs", []):
                 if run["non2xx"]:
-                    found.append(
-                        f"{scenario} on {name}: {run['non2xx']} non-2xx, first: {run['first_non2xx']}"
-                    )
+                    found.append(f"{scenario} on {name}: {run['non2xx']} non-2xx, first: {run['first_non2xx']}")
                     break
     return found
 
@@ -503,9 +499,7 @@ def managed_server(name: str, cmd: list[str], env: dict[str, str], url: str) -> 
             while True:
                 if proc.poll() is not None:
                     tail = log_path.read_text(errors="replace")[-2000:]
-                    raise BenchError(
-                        f"{name} exited with {proc.returncode} before answering /health:\n{tail}"
-                    )
+                    raise BenchError(f"{name} exited with {proc.returncode} before answering /health:\n{tail}")
                 try:
                     if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                         break
@@ -534,9 +528,7 @@ def server_env(extra: dict[str, str]) -> dict[str, str]:
 
 def start_todo_api(stack: ExitStack, args: argparse.Namespace) -> tuple[str, int]:
     if shutil.which(args.todo_api_bin) is None:
-        raise BenchError(
-            f"no todo-api executable at {args.todo_api_bin} (install the project, or --todo-api-bin)"
-        )
+        raise BenchError(f"no todo-api executable at {args.todo_api_bin} (install the project, or --todo-api-bin)")
     database_url = fresh_database(args.pg_url, "todo_bench")
     env = server_env({"DATABASE_URL": database_url, **NO_THROTTLING})
     run_tool([args.todo_api_bin, "migrate"], env)
@@ -592,18 +584,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     p.add_argument("--users", type=int, help="users to seed per server (default 50, quick 20)")
     p.add_argument("--tasks", type=int, help="tasks to seed per user (default 50, quick 20)")
-    p.add_argument(
-        "--runs", type=int, help="runs per scenario and server; medians are reported (default 3, quick 1)"
-    )
+    p.add_argument("--runs", type=int, help="runs per scenario and server; medians are reported (default 3, quick 1)")
     p.add_argument(
         "--quick",
         action="store_true",
         help=f"about a minute: 1 run x 3 s, 20 users x 20 tasks, scenarios {','.join(QUICK_SCENARIOS)}",
     )
     p.add_argument("--json-out", type=Path, help="report file (default bench/results/<timestamp>.json)")
-    p.add_argument(
-        "--server-pid", type=int, help="pid of the target server, to sample its CPU time and memory"
-    )
+    p.add_argument("--server-pid", type=int, help="pid of the target server, to sample its CPU time and memory")
     p.add_argument("--reference-pid", type=int, help="pid of the reference server, likewise")
     g = p.add_argument_group("servers started by the harness (each on a fresh database, stopped at the end)")
     g.add_argument(
@@ -671,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.json_out or RESULTS_DIR / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    log(f"report written to {out}")
+    log(f"report written to {out} ({report['seconds']} s)")
     found = problems(report)
     for problem in found:
         log(f"WARNING {problem}")

@@ -77,7 +77,7 @@ async def app_client(migrated: str) -> AsyncIterator[AppClient]:
     clients: list[httpx.AsyncClient] = []
 
     async def start(client_address: str = "127.0.0.1", **overrides: Any) -> httpx.AsyncClient:
-        app = create_app(make_settings(migrated, **overrides))
+        app = create_app(make_settings(overrides.pop("database_url", migrated), **overrides))
         manager = LifespanManager(app)
         await manager.__aenter__()
         managers.append(manager)

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from todo_api.auth.jwks import JwksVerifier
 from todo_api.auth.service import Accounts
 from todo_api.auth.tokens import TokenService
 from todo_api.config import Settings
@@ -20,6 +21,7 @@ class AppContext:
     sessionmaker: async_sessionmaker[AsyncSession]
     tokens: TokenService
     accounts: Accounts
+    jwks: JwksVerifier | None = None
 
 
 def get_context(request: Request) -> AppContext:

@@ -134,7 +134,9 @@ def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
         log.warning("DATABASE_URL: %s", warning)
     options: dict[str, Any] = {"connect_args": parsed.connect_args, "pool_timeout": settings.db_timeout}
     if parsed.is_sqlite:
-        engine = create_async_engine(parsed.url, pool_size=5, **options)
+        if parsed.url.database in (None, "", ":memory:"):
+            options = {"connect_args": parsed.connect_args}  # one shared in-memory connection, no pool
+        engine = create_async_engine(parsed.url, **options)
         event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
         return engine
     return create_async_engine(

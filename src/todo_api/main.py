@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from todo_api import __version__
+from todo_api.auth.jwks import JwksVerifier
 from todo_api.auth.passwords import PasswordHasher
 from todo_api.auth.router import router as auth_router
 from todo_api.auth.service import Accounts
@@ -49,13 +50,21 @@ log = logging.getLogger(__name__)
 def build_context(settings: Settings) -> AppContext:
     secret = settings.signing_secret()  # raises ConfigError before anything else starts
     engine = create_engine(settings)
-    hasher = PasswordHasher(settings.bcrypt_rounds)
+    jwks = None
+    if settings.jwks_url:
+        jwks = JwksVerifier(
+            settings.jwks_url,
+            issuer=settings.better_auth_issuer,
+            audience=settings.better_auth_audience,
+            timeout=settings.db_timeout,
+        )
     return AppContext(
         settings=settings,
         engine=engine,
         sessionmaker=create_sessionmaker(engine),
-        tokens=TokenService(settings, secret),
-        accounts=Accounts(hasher, Throttles(settings)),
+        tokens=TokenService(settings, secret, jwks),
+        accounts=Accounts(PasswordHasher(settings.bcrypt_rounds), Throttles(settings)),
+        jwks=jwks,
     )
 
 
@@ -68,9 +77,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await context.accounts.hasher.warm_up()
+        if context.jwks is not None:
+            await context.jwks.refresh()  # best effort: a JWKS that is down now is retried on demand
         yield
         await context.engine.dispose()
         context.accounts.hasher.close()
+        if context.jwks is not None:
+            await context.jwks.close()
 
     app = FastAPIOffline(
         title="todo-api",

@@ -13,6 +13,10 @@ from todo_api.errors import Unauthorized
 
 LEEWAY_SECONDS = 60
 HS256 = "HS256"
+# What Better Auth's JWT plugin can sign with (and their siblings); everything else, "none" included, is refused.
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"EdDSA", "ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +84,7 @@ class TokenService:
         alg = header.get("alg")
         if alg == HS256:
             return checked_subject(self._decode_hs256(token))
-        if self._jwks is not None and isinstance(alg, str) and alg not in ("none", "HS384", "HS512"):
+        if self._jwks is not None and alg in ASYMMETRIC_ALGORITHMS:
             return checked_subject(await self._jwks.verify(token, header))
         raise Unauthorized("token algorithm not accepted")
 
