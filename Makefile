@@ -6,7 +6,7 @@ UV_VERSION := 0.13.8
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test interop lint format migrate bench bench-quick install lock clean
+.PHONY: run test interop lint format migrate bench bench-quick wrk install lock clean
 
 run: install migrate  ## set up, migrate the database (SQLite by default) and serve on 127.0.0.1:8000
 	$(BIN)/todo-api serve --host $(HOST) --port $(PORT)
@@ -42,6 +42,17 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(BIN)/uv
 $(BIN)/uv:
 	python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
+
+WORKERS ?= $(shell nproc)
+
+bench: install wrk  ## todo-api vs the yardstick in ../shared/bench, same run (~4 min; PostgreSQL on 127.0.0.1)
+	$(BIN)/python bench/run.py --start-todo-api --start-reference --workers $(WORKERS) $(BENCH_ARGS)
+
+bench-quick: install wrk  ## the same, one short run (~1 min)
+	$(BIN)/python bench/run.py --start-todo-api --start-reference --workers $(WORKERS) --quick $(BENCH_ARGS)
+
+wrk:
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 
 lock: | $(BIN)/uv  ## refresh uv.lock after editing pyproject.toml
 	$(BIN)/uv lock

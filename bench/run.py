@@ -542,6 +542,7 @@ def start_todo_api(stack: ExitStack, args: argparse.Namespace) -> tuple[str, int
         str(args.todo_api_port),
         "--workers",
         str(args.workers),
+        *args.serve_arg,
     ]
     return url, stack.enter_context(managed_server("todo-api", cmd, env, url))
 
@@ -608,6 +609,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     g.add_argument("--workers", type=int, default=1, help="workers for each started server (default 1)")
     g.add_argument("--todo-api-bin", default=str(REPO_DIR / ".venv" / "bin" / "todo-api"))
+    g.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for `todo-api serve`, repeatable (e.g. --serve-arg=--no-access-log)",
+    )
     g.add_argument("--todo-api-port", type=int, default=8300)
     g.add_argument("--reference-port", type=int, default=8301)
     g.add_argument(

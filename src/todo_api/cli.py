@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 
 import uvicorn
@@ -31,8 +32,16 @@ def _settings_or_exit(*, serving: bool) -> Settings:
     return settings
 
 
+def _exit_cleanly(signum: int, _frame: object) -> None:
+    sys.exit(0)
+
+
 def serve(args: argparse.Namespace) -> None:
     _settings_or_exit(serving=True)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to whatever handler was there
+    # before it: make that one a clean exit, so orchestrators see status 0 after a graceful stop.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_cleanly)
     uvicorn.run(
         "todo_api.main:create_app",
         factory=True,

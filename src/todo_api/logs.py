@@ -1,4 +1,4 @@
-"""Logging: one line per record, each tagged with the request id."""
+"""Logging: one line per record, each tagged with the request id; nothing that logs secrets is let through."""
 
 from __future__ import annotations
 
@@ -20,6 +20,14 @@ def configure_logging(level: str) -> None:
                 "stderr": {"class": "logging.StreamHandler", "formatter": "line", "filters": ["request_id"]},
             },
             "root": {"level": level, "handlers": ["stderr"]},
-            "loggers": {"uvicorn.access": {"level": level}, "uvicorn.error": {"level": level}},
+            "loggers": {
+                "uvicorn.access": {"level": level},
+                "uvicorn.error": {"level": level},
+                # These log SQL parameters (password hashes among them) at DEBUG: never below WARNING.
+                **{
+                    name: {"level": "WARNING"}
+                    for name in ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool", "asyncpg")
+                },
+            },
         }
     )

@@ -8,6 +8,7 @@ import uuid
 from contextvars import ContextVar
 
 from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -95,6 +96,8 @@ class LastResortMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:
+            log.info("client went away before sending its whole request")
         except Exception as error:
             if is_unavailable(error):
                 log.warning("database unavailable: %s", type(error).__name__)
