@@ -8,8 +8,8 @@ import uuid
 from contextvars import ContextVar
 
 from starlette.datastructures import Headers
-from starlette.requests import ClientDisconnect
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
