@@ -22,8 +22,8 @@ tests/interop/node_modules/.package-lock.json: tests/interop/package-lock.json
 	else echo "npm not found: the Better Auth interop tests will skip"; fi
 
 lint: install  ## ruff and mypy --strict
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
 format: install
