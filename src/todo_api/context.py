@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from todo_api.auth.jwks import JwksVerifier
 from todo_api.auth.service import Accounts
@@ -18,13 +18,12 @@ from todo_api.config import Settings
 class AppContext:
     settings: Settings
     engine: AsyncEngine
-    sessionmaker: async_sessionmaker[AsyncSession]
     tokens: TokenService
     accounts: Accounts
     jwks: JwksVerifier | None = None
 
 
-def get_context(request: Request) -> AppContext:
+async def get_context(request: Request) -> AppContext:
     context: AppContext = request.app.state.context
     return context
 

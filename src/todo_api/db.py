@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from sqlalchemy import DateTime, MetaData, event, exc
 from sqlalchemy.engine import URL, Dialect, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import SQLModel
 
@@ -148,18 +148,16 @@ def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
     )
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+async def get_connection(request: Request) -> AsyncIterator[AsyncConnection]:
+    """One transaction per request: committed before the response is sent, rolled back on any error.
+
+    Plain Core on a connection, no ORM session: every statement here is explicit, and it is much cheaper."""
+    engine: AsyncEngine = request.app.state.context.engine
+    async with engine.begin() as connection:
+        yield connection
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One transaction per request: committed before the response is sent, rolled back on any error."""
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.context.sessionmaker
-    async with sessionmaker() as session, session.begin():
-        yield session
-
-
-SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+Connection = Annotated[AsyncConnection, Depends(get_connection, scope="function")]
 
 
 # What "the database is not answering" looks like from SQLAlchemy, the drivers and the socket layer.

@@ -82,8 +82,18 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return documented
 
 
+PUBLIC_OPERATIONS = {"/api/auth/signup", "/api/auth/login"}
+BEARER_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "bearerFormat": "JWT",
+    "description": "A token from signup or login, or one from Better Auth. In Swagger UI: Authorize, paste it.",
+}
+
+
 def install_openapi(app: FastAPI) -> None:
-    """Post-process FastAPI's document: problem+json instead of application/json, and no 422 anywhere."""
+    """Post-process FastAPI's document: problem+json instead of application/json, no 422 anywhere, and the
+    bearer scheme on every `/api` operation but signup and login."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -94,8 +104,10 @@ def install_openapi(app: FastAPI) -> None:
                 routes=app.routes,
                 tags=app.openapi_tags,
             )
-            for path in schema.get("paths", {}).values():
+            for route, path in schema.get("paths", {}).items():
                 for operation in path.values():
+                    if route.startswith("/api/") and route not in PUBLIC_OPERATIONS:
+                        operation["security"] = [{"HTTPBearer": []}]
                     responses = operation.get("responses", {})
                     responses.pop("422", None)
                     for code, response in responses.items():
@@ -105,9 +117,10 @@ def install_openapi(app: FastAPI) -> None:
                                 "schema", content["application/json"]["schema"]
                             )
                             del content["application/json"]
-            components = schema.get("components", {}).get("schemas", {})
-            components.pop("HTTPValidationError", None)
-            components.pop("ValidationError", None)
+            components = schema.setdefault("components", {})
+            components.setdefault("securitySchemes", {})["HTTPBearer"] = BEARER_SCHEME
+            components.get("schemas", {}).pop("HTTPValidationError", None)
+            components.get("schemas", {}).pop("ValidationError", None)
             app.openapi_schema = schema
         return app.openapi_schema
 

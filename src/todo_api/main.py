@@ -22,7 +22,7 @@ from todo_api.auth.service import Accounts
 from todo_api.auth.tokens import TokenService
 from todo_api.config import Settings, get_settings
 from todo_api.context import AppContext
-from todo_api.db import UNAVAILABLE_ERRORS, create_engine, create_sessionmaker
+from todo_api.db import UNAVAILABLE_ERRORS, create_engine
 from todo_api.docs import install_openapi, problem_pages, problems
 from todo_api.errors import (
     ApiError,
@@ -61,7 +61,6 @@ def build_context(settings: Settings) -> AppContext:
     return AppContext(
         settings=settings,
         engine=engine,
-        sessionmaker=create_sessionmaker(engine),
         tokens=TokenService(settings, secret, jwks),
         accounts=Accounts(PasswordHasher(settings.bcrypt_rounds), Throttles(settings)),
         jwks=jwks,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, func
+from sqlalchemy import Column, Index, Table, func
 from sqlmodel import Field, SQLModel
 
 from todo_api.db import UTCDateTime
@@ -23,3 +23,6 @@ class User(SQLModel, table=True):
     email: str = Field(max_length=320)
     password_hash: str = Field(max_length=72)
     created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+users: Table = User.__table__  # type: ignore[attr-defined]

@@ -3,11 +3,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, status
 
 from todo_api.auth.deps import CurrentPrincipal
-from todo_api.auth.models import User
 from todo_api.auth.schemas import LoginIn, MeOut, SignupIn, TokenOut
+from todo_api.auth.service import Account, find_account
 from todo_api.clients import client_address
 from todo_api.context import AppContext, ContextDep
-from todo_api.db import SessionDep
+from todo_api.db import Connection
 from todo_api.docs import problems
 from todo_api.http import JsonResponse, parse_body, request_body_doc
 
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/api/auth", tags=["auth"])
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def token_response(context: AppContext, user: User, status_code: int) -> JsonResponse:
+def token_response(context: AppContext, user: Account, status_code: int) -> JsonResponse:
     body = {
         "access_token": context.tokens.issue(user.id),
         "token_type": "bearer",
@@ -38,12 +38,12 @@ def token_response(context: AppContext, user: User, status_code: int) -> JsonRes
     responses=problems(400, 409, 429),
     openapi_extra=request_body_doc(SignupIn),
 )
-async def signup(request: Request, context: ContextDep, session: SessionDep) -> JsonResponse:
+async def signup(request: Request, context: ContextDep, connection: Connection) -> JsonResponse:
     """Create an account and get a token for it."""
     client = client_address(request, context.settings.trusted_proxies)
     await context.accounts.throttles.signup.take(client)
     data = await parse_body(request, SignupIn)
-    user = await context.accounts.signup(session, data)
+    user = await context.accounts.signup(connection, data)
     return token_response(context, user, status.HTTP_201_CREATED)
 
 
@@ -53,17 +53,18 @@ async def signup(request: Request, context: ContextDep, session: SessionDep) -> 
     responses=problems(400, 401, 429),
     openapi_extra=request_body_doc(LoginIn),
 )
-async def login(request: Request, context: ContextDep, session: SessionDep) -> JsonResponse:
+async def login(request: Request, context: ContextDep, connection: Connection) -> JsonResponse:
     """Exchange a username (or email) and password for a token."""
     data = await parse_body(request, LoginIn)
-    user = await context.accounts.login(session, data, client_address(request, context.settings.trusted_proxies))
+    client = client_address(request, context.settings.trusted_proxies)
+    user = await context.accounts.login(connection, data, client)
     return token_response(context, user, status.HTTP_200_OK)
 
 
 @router.get("/me", response_model=MeOut, responses=problems(401, 503))
-async def me(principal: CurrentPrincipal, session: SessionDep) -> JsonResponse:
+async def me(principal: CurrentPrincipal, connection: Connection) -> JsonResponse:
     """Who the token belongs to; its `id` is the `user_id` for task paths."""
-    user = await session.get(User, principal.sub)
+    user = await find_account(connection, principal.sub)
     if user is not None:
         return JsonResponse({"id": user.id, "username": user.username, "email": user.email})
     # A Better Auth user (or a frontend-minted token): what the token itself says.

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from todo_api.auth.models import User
+from todo_api.auth.models import users
 from todo_api.auth.passwords import PasswordHasher
 from todo_api.auth.schemas import LoginIn, SignupIn, normalized_email
 from todo_api.db import utcnow
@@ -18,51 +18,69 @@ from todo_api.errors import Conflict, Unauthorized
 from todo_api.ratelimit import Throttles
 
 
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: str
+    username: str
+    email: str
+    created_at: datetime
+
+
+PUBLIC_COLUMNS = (users.c.id, users.c.username, users.c.email, users.c.created_at)
+
+
+async def find_account(connection: AsyncConnection, user_id: str) -> Account | None:
+    row = (await connection.execute(select(*PUBLIC_COLUMNS).where(users.c.id == user_id))).first()
+    return Account(*row) if row else None
+
+
 @dataclass(frozen=True)
 class Accounts:
     hasher: PasswordHasher
     throttles: Throttles
 
-    async def signup(self, session: AsyncSession, data: SignupIn) -> User:
-        await self._ensure_free(session, data)
-        user = User(
-            id=str(uuid.uuid4()),
-            username=data.username,
-            email=data.email,
-            password_hash=await self.hasher.hash(data.password),
-            created_at=utcnow(),
-        )
-        session.add(user)
+    async def signup(self, connection: AsyncConnection, data: SignupIn) -> Account:
+        await self._ensure_free(connection, data)
+        account = Account(str(uuid.uuid4()), data.username, data.email, utcnow())
+        password_hash = await self.hasher.hash(data.password)
         try:
-            await session.flush()
+            await connection.execute(
+                insert(users).values(
+                    id=account.id,
+                    username=account.username,
+                    email=account.email,
+                    password_hash=password_hash,
+                    created_at=account.created_at,
+                )
+            )
         except IntegrityError as error:
             # Lost a race with a concurrent signup: the unique index named in the error says which field.
             field = "username" if "username" in str(error.orig) else "email"
             raise Conflict(["body", field], f"This {field} is already taken.") from None
-        return user
+        return account
 
-    async def _ensure_free(self, session: AsyncSession, data: SignupIn) -> None:
-        username_taken = func.lower(col(User.username)) == data.username.lower()
-        email_taken = col(User.email) == data.email
-        taken = await session.execute(select(username_taken, email_taken).where(username_taken | email_taken))
+    async def _ensure_free(self, connection: AsyncConnection, data: SignupIn) -> None:
+        username_taken = func.lower(users.c.username) == data.username.lower()
+        email_taken = users.c.email == data.email
+        taken = await connection.execute(select(username_taken, email_taken).where(username_taken | email_taken))
         for same_username, _ in taken:
             field = "username" if same_username else "email"
             raise Conflict(["body", field], f"This {field} is already taken.")
 
-    async def login(self, session: AsyncSession, data: LoginIn, client: str) -> User:
+    async def login(self, connection: AsyncConnection, data: LoginIn, client: str) -> Account:
         """The account these credentials open; 429 before any bcrypt work once failures pile up."""
         identifier = data.identifier
         await self.throttles.login_ip.check(client)
         await self.throttles.login.check(client, identifier)
-        query = select(User)
+        match: ColumnElement[bool]
         if data.email is not None or "@" in identifier:
-            query = query.where(col(User.email) == normalized_email(identifier))
+            match = users.c.email == normalized_email(identifier)
         else:
-            query = query.where(func.lower(col(User.username)) == identifier)
-        user = (await session.execute(query)).scalar_one_or_none()
-        if await self.hasher.verify(data.password, user.password_hash if user else None):
-            assert user is not None
-            return user
+            match = func.lower(users.c.username) == identifier
+        row = (await connection.execute(select(*PUBLIC_COLUMNS, users.c.password_hash).where(match))).first()
+        if await self.hasher.verify(data.password, row.password_hash if row else None):
+            assert row is not None
+            return Account(row.id, row.username, row.email, row.created_at)
         await self.throttles.login_ip.spend(client)
         await self.throttles.login.spend(client, identifier)
         raise Unauthorized("Invalid username, email or password.", token_sent=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -59,6 +60,38 @@ def checked_subject(claims: dict[str, Any]) -> Principal:
     return Principal(sub=sub, claims=claims)
 
 
+class VerifiedTokens:
+    """Tokens whose signature and claims already checked out, so a client reusing its token skips the crypto.
+
+    Keyed by the whole token (signature included); only the clock is checked again on a hit."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._entries: dict[str, tuple[Principal, float, float]] = {}
+
+    def get(self, token: str) -> Principal | None:
+        entry = self._entries.get(token)
+        if entry is None:
+            return None
+        principal, not_before, expires = entry
+        now = time.time()
+        if not_before - LEEWAY_SECONDS <= now < expires + LEEWAY_SECONDS:
+            return principal
+        del self._entries[token]
+        return None
+
+    def put(self, token: str, principal: Principal) -> None:
+        claims = principal.claims
+        not_before = max(_number(claims.get("nbf")), _number(claims.get("iat")))
+        if len(self._entries) >= self._size:
+            del self._entries[next(iter(self._entries))]  # the oldest entry
+        self._entries[token] = (principal, not_before, _number(claims["exp"]))
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else -math.inf
+
+
 class TokenService:
     def __init__(self, settings: Settings, secret: str, jwks: AsymmetricVerifier | None = None) -> None:
         self._secret = secret
@@ -66,6 +99,7 @@ class TokenService:
         self._audience = settings.jwt_audience
         self.lifetime = settings.access_token_expire_minutes * 60
         self._jwks = jwks
+        self._verified = VerifiedTokens()
 
     def issue(self, user_id: str) -> str:
         now = int(time.time())
@@ -77,6 +111,13 @@ class TokenService:
         return jwt.encode(claims, self._secret, algorithm=HS256)
 
     async def verify(self, token: str) -> Principal:
+        principal = self._verified.get(token)
+        if principal is None:
+            principal = await self._verify(token)
+            self._verified.put(token, principal)
+        return principal
+
+    async def _verify(self, token: str) -> Principal:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:

@@ -7,7 +7,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
 
 from todo_api.auth.deps import OwnerId
-from todo_api.db import SessionDep
+from todo_api.db import Connection
 from todo_api.docs import problems
 from todo_api.http import JsonResponse, read_json_object, request_body_doc, validate
 from todo_api.tasks.schemas import (
@@ -32,8 +32,8 @@ IfMatch = Annotated[
 ]
 
 
-def get_service(owner_id: OwnerId, session: SessionDep) -> TaskService:
-    return TaskService(session, owner_id)
+async def get_service(owner_id: OwnerId, connection: Connection) -> TaskService:
+    return TaskService(connection, owner_id)
 
 
 Service = Annotated[TaskService, Depends(get_service)]
