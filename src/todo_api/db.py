@@ -149,10 +149,16 @@ def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
 
 
 async def get_connection(request: Request) -> AsyncIterator[AsyncConnection]:
-    """One transaction per request: committed before the response is sent, rolled back on any error.
+    """The request's database connection, plain Core (no ORM session: every statement here is explicit).
 
-    Plain Core on a connection, no ORM session: every statement here is explicit, and it is much cheaper."""
+    A request that may write gets one transaction, committed before the response is sent and rolled back on any
+    error. A read (GET, HEAD) runs in autocommit: its single statement needs no BEGIN/COMMIT round trips."""
     engine: AsyncEngine = request.app.state.context.engine
+    if request.method in ("GET", "HEAD"):
+        async with engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            yield connection
+        return
     async with engine.begin() as connection:
         yield connection
 

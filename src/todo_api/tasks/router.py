@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
@@ -13,8 +13,6 @@ from todo_api.http import JsonResponse, read_json_object, request_body_doc, vali
 from todo_api.tasks.schemas import (
     READ_ONLY_FIELDS,
     ListQuery,
-    SortBy,
-    SortOrder,
     TaskCompletion,
     TaskOut,
     TaskPage,
@@ -67,33 +65,8 @@ async def create_task(service: Service, request: Request) -> JsonResponse:
 
 
 @router.get("", response_model=TaskPage, responses=problems(400, 401, 403, 503))
-async def list_tasks(
-    service: Service,
-    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
-    page_size: Annotated[int, Query(ge=1, le=100)] = 20,
-    sort_by: SortBy = "created_at",
-    sort_order: SortOrder = "desc",
-    completed: Annotated[
-        Literal["true", "false"] | None, Query(description="Only done (`true`) or open (`false`) tasks.")
-    ] = None,
-    q: Annotated[
-        str | None,
-        Query(
-            max_length=200,
-            pattern=r"^[^\x00]*$",
-            description="Case-insensitive substring of title or description.",
-        ),
-    ] = None,
-) -> JsonResponse:
+async def list_tasks(service: Service, query: Annotated[ListQuery, Query()]) -> JsonResponse:
     """A page of your tasks, newest first unless asked otherwise."""
-    query = ListQuery(
-        page=page,
-        page_size=page_size,
-        sort_by=sort_by,
-        sort_order=sort_order,
-        completed=None if completed is None else completed == "true",
-        q=q,
-    )
     return JsonResponse((await service.list(query)).public())
 
 

@@ -90,9 +90,24 @@ SortOrder = Literal["asc", "desc"]
 
 
 class ListQuery(BaseModel):
-    page: int = 1
-    page_size: int = 20
+    """The listing's query parameters; unknown ones are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    page: int = Field(default=1, ge=1, le=100_000)
+    page_size: int = Field(default=20, ge=1, le=100)
     sort_by: SortBy = "created_at"
     sort_order: SortOrder = "desc"
-    completed: bool | None = None
-    q: str | None = None
+    completed: Literal["true", "false"] | None = Field(
+        default=None, description="Only done (`true`) or open (`false`) tasks."
+    )
+    q: str | None = Field(
+        default=None,
+        max_length=200,
+        pattern=r"^[^\x00]*$",
+        description="Case-insensitive substring of title or description; `%` and `_` are literal.",
+    )
+
+    @property
+    def completion(self) -> bool | None:
+        return None if self.completed is None else self.completed == "true"

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Row, Select, asc, bindparam, delete, desc, func, insert, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -95,7 +95,7 @@ class Page:
 
 
 def _state(row: Row[*tuple[Any, ...]]) -> TaskState:
-    return TaskState(row._asdict())
+    return TaskState(cast("Mapping[str, Any]", row._mapping))
 
 
 def _next_timestamp(previous: datetime) -> datetime:
@@ -190,14 +190,15 @@ class TaskService:
         return _state(row)
 
     async def list(self, query: ListQuery) -> Page:
-        statement = _page_statement(query.sort_by, query.sort_order, query.completed is not None, bool(query.q))
+        completion = query.completion
+        statement = _page_statement(query.sort_by, query.sort_order, completion is not None, bool(query.q))
         params: dict[str, Any] = {
             "owner": self.owner_id,
             "limit": query.page_size,
             "offset": (query.page - 1) * query.page_size,
         }
-        if query.completed is not None:
-            params["completed"] = query.completed
+        if completion is not None:
+            params["completed"] = completion
         if query.q:
             params["pattern"] = _like_pattern(query.q)
         rows = (await self.connection.execute(statement, params)).all()
