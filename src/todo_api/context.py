@@ -6,18 +6,18 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from todo_api.auth.jwks import JwksVerifier
 from todo_api.auth.service import Accounts
 from todo_api.auth.tokens import TokenService
 from todo_api.config import Settings
+from todo_api.db import Database
 
 
 @dataclass(frozen=True)
 class AppContext:
     settings: Settings
-    engine: AsyncEngine
+    database: Database
     tokens: TokenService
     accounts: Accounts
     jwks: JwksVerifier | None = None

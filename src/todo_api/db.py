@@ -7,6 +7,7 @@ import logging
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -19,6 +20,7 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import SQLModel
 
 from todo_api.config import Settings
+from todo_api.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -132,34 +134,58 @@ def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
     parsed = parse_database_url(url or settings.database_url, settings.db_timeout)
     for warning in parsed.warnings:
         log.warning("DATABASE_URL: %s", warning)
-    options: dict[str, Any] = {"connect_args": parsed.connect_args, "pool_timeout": settings.db_timeout}
+    options: dict[str, Any] = {
+        "connect_args": parsed.connect_args,
+        "pool_size": settings.db_pool_size,
+        "max_overflow": settings.db_max_overflow,
+        "pool_timeout": settings.db_timeout,
+    }
     if parsed.is_sqlite:
         if parsed.url.database in (None, "", ":memory:"):
             options = {"connect_args": parsed.connect_args}  # one shared in-memory connection, no pool
         engine = create_async_engine(parsed.url, **options)
         event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
         return engine
-    return create_async_engine(
-        parsed.url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
-        pool_recycle=240,  # under Neon's idle timeout, so a suspended compute rarely hands back a dead socket
-        **options,
-    )
+    # Recycled under Neon's idle timeout, so a suspended compute rarely hands back a dead socket.
+    return create_async_engine(parsed.url, pool_recycle=240, **options)
+
+
+class Database:
+    """The engine, behind a fair queue.
+
+    SQLAlchemy's pool lets a newcomer take a connection that was just returned ahead of those already waiting,
+    which under load starves a few requests for seconds. A FIFO semaphore sized to the pool hands connections out
+    in arrival order, and bounds the wait: past `timeout` seconds the request gets a 503."""
+
+    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
+        self.engine = engine
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")  # shares the pool
+        self._slots = asyncio.Semaphore(settings.db_pool_size + settings.db_max_overflow)
+        self._timeout = settings.db_timeout
+
+    @asynccontextmanager
+    async def connection(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
+        """A write gets one transaction, committed on success and rolled back on any error; a read runs in
+        autocommit, as its single statement needs no BEGIN/COMMIT round trips."""
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self._timeout)
+        except TimeoutError:
+            raise Unavailable("The database is too busy or not answering.") from None
+        try:
+            if write:
+                async with self.engine.begin() as connection:
+                    yield connection
+            else:
+                async with self._autocommit.connect() as connection:
+                    yield connection
+        finally:
+            self._slots.release()
 
 
 async def get_connection(request: Request) -> AsyncIterator[AsyncConnection]:
-    """The request's database connection, plain Core (no ORM session: every statement here is explicit).
-
-    A request that may write gets one transaction, committed before the response is sent and rolled back on any
-    error. A read (GET, HEAD) runs in autocommit: its single statement needs no BEGIN/COMMIT round trips."""
-    engine: AsyncEngine = request.app.state.context.engine
-    if request.method in ("GET", "HEAD"):
-        async with engine.connect() as connection:
-            await connection.execution_options(isolation_level="AUTOCOMMIT")
-            yield connection
-        return
-    async with engine.begin() as connection:
+    """The request's connection, plain Core (no ORM session: every statement here is explicit and cheap)."""
+    database: Database = request.app.state.context.database
+    async with database.connection(write=request.method not in ("GET", "HEAD")) as connection:
         yield connection
 
 

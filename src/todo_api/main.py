@@ -22,7 +22,7 @@ from todo_api.auth.service import Accounts
 from todo_api.auth.tokens import TokenService
 from todo_api.config import Settings, get_settings
 from todo_api.context import AppContext
-from todo_api.db import UNAVAILABLE_ERRORS, create_engine
+from todo_api.db import UNAVAILABLE_ERRORS, Database, create_engine
 from todo_api.docs import install_openapi, problem_pages, problems
 from todo_api.errors import (
     ApiError,
@@ -60,7 +60,7 @@ def build_context(settings: Settings) -> AppContext:
         )
     return AppContext(
         settings=settings,
-        engine=engine,
+        database=Database(engine, settings),
         tokens=TokenService(settings, secret, jwks),
         accounts=Accounts(PasswordHasher(settings.bcrypt_rounds), Throttles(settings)),
         jwks=jwks,
@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if context.jwks is not None:
             await context.jwks.refresh()  # best effort: a JWKS that is down now is retried on demand
         yield
-        await context.engine.dispose()
+        await context.database.engine.dispose()
         context.accounts.hasher.close()
         if context.jwks is not None:
             await context.jwks.close()
@@ -112,7 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def ready() -> JsonResponse:
         """Readiness: 200 when the database answers, else 503."""
         try:
-            async with asyncio.timeout(settings.db_timeout), context.engine.connect() as connection:
+            async with asyncio.timeout(settings.db_timeout), context.database.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
         except UNAVAILABLE_ERRORS as error:
             log.warning("readiness check failed: %s", type(error).__name__)
