@@ -55,6 +55,9 @@ async def test_wrong_password_and_unknown_user_get_the_same_401(client: httpx.As
         {"username": "someone", "password": PASSWORD, "remember_me": True},  # unknown field
         {"username": 42, "password": PASSWORD},
         {"username": "someone", "password": None},
+        {"username": "someone", "password": "a" * 73},  # over bcrypt's 72 bytes: 400, never a 500
+        {"username": "someone", "password": "é" * 37},
+        {"username": "someone", "password": "nul\x00byte"},
     ],
 )
 async def test_malformed_login_bodies_are_400(client: httpx.AsyncClient, body: dict[str, object]) -> None:

@@ -35,7 +35,7 @@ def token_response(context: AppContext, user: Account, status_code: int) -> Json
     "/signup",
     status_code=status.HTTP_201_CREATED,
     response_model=TokenOut,
-    responses=problems(400, 409, 429),
+    responses=problems(400, 409, 429, 503),
     openapi_extra=request_body_doc(SignupIn),
 )
 async def signup(request: Request, context: ContextDep, connection: Connection) -> JsonResponse:
@@ -50,7 +50,7 @@ async def signup(request: Request, context: ContextDep, connection: Connection) 
 @router.post(
     "/login",
     response_model=TokenOut,
-    responses=problems(400, 401, 429),
+    responses=problems(400, 401, 429, 503),
     openapi_extra=request_body_doc(LoginIn),
 )
 async def login(request: Request, context: ContextDep, connection: Connection) -> JsonResponse:

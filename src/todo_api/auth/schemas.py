@@ -67,7 +67,8 @@ class LoginIn(Strict):
 
     username: Annotated[CleanStr, Field(min_length=1, max_length=320)] | None = None
     email: Annotated[CleanStr, Field(min_length=1, max_length=320)] | None = None
-    password: Annotated[CleanStr, Field(min_length=1, max_length=1024)]
+    # Any length up to bcrypt's limit: a short one simply fails to match; a longer one could never have been set.
+    password: Annotated[CleanStr, Field(min_length=1), AfterValidator(_password)]
 
     @model_validator(mode="after")
     def _one_identifier(self) -> LoginIn:
