@@ -13,8 +13,9 @@ from tests.conftest import Account, AppClient, assert_problem, make_settings
 from todo_api.main import create_app
 
 
-async def test_unknown_route_is_a_problem_404(client: httpx.AsyncClient) -> None:
+async def test_unknown_route_is_a_problem_404(client: httpx.AsyncClient, alice: Account) -> None:
     assert_problem(await client.get("/no/such/thing"), 404, "not-found")
+    assert_problem(await client.get(f"{alice.tasks}/", headers=alice.auth), 404, "not-found")  # no redirects
 
 
 async def test_wrong_method_is_a_problem_405_with_allow(client: httpx.AsyncClient) -> None:

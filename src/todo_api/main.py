@@ -14,7 +14,7 @@ from sqlalchemy import text
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from todo_api import __version__
+from todo_api import __version__, events
 from todo_api.auth.jwks import JwksVerifier
 from todo_api.auth.passwords import PasswordHasher
 from todo_api.auth.router import router as auth_router
@@ -33,6 +33,7 @@ from todo_api.errors import (
     ValidationFailed,
 )
 from todo_api.errors import problem_response as render
+from todo_api.events.relay import inline_relay
 from todo_api.http import JsonResponse, error_items
 from todo_api.logs import configure_logging
 from todo_api.middleware import (
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 def build_context(settings: Settings) -> AppContext:
     secret = settings.signing_secret()  # raises ConfigError before anything else starts
     engine = create_engine(settings)
+    if settings.events_publisher != "none":
+        events.enable(engine, settings.events_source)  # record every change in the outbox
     jwks = None
     if settings.jwks_url:
         jwks = JwksVerifier(
@@ -78,7 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await context.accounts.hasher.warm_up()
         if context.jwks is not None:
             await context.jwks.refresh()  # best effort: a JWKS that is down now is retried on demand
-        yield
+        async with inline_relay(settings):  # EVENTS_RELAY=inline: this worker relays the outbox too
+            yield
         await context.database.engine.dispose()
         context.accounts.hasher.close()
         if context.jwks is not None:
@@ -94,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         lifespan=lifespan,
         swagger_ui_parameters={"persistAuthorization": True},
+        redirect_slashes=False,  # `/api/…/tasks/` is not a route: a 404 problem, not a redirect that skips auth
     )
     app.state.context = context
     install_openapi(app)
