@@ -6,16 +6,17 @@ import asyncio
 import logging
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
-from sqlalchemy import DateTime, MetaData, event, exc
+from sqlalchemy import ClauseElement, DateTime, MetaData, event, exc
 from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import SQLModel
 
@@ -187,6 +188,32 @@ async def get_connection(request: Request) -> AsyncIterator[AsyncConnection]:
     database: Database = request.app.state.context.database
     async with database.connection(write=request.method not in ("GET", "HEAD")) as connection:
         yield connection
+
+
+_compiled_sql: dict[ClauseElement, tuple[str, tuple[str, ...]]] = {}
+
+
+async def fetch_all(
+    connection: AsyncConnection, statement: ClauseElement, params: Mapping[str, Any]
+) -> Sequence[Mapping[str, Any]]:
+    """The rows of a read-only statement, as mappings.
+
+    On PostgreSQL in autocommit (every read-only request), asyncpg runs the statement itself: SQLAlchemy compiles
+    it once, and each call skips SQLAlchemy's execution and result machinery, which is most of a read's CPU time.
+    Inside a transaction, or on SQLite, the statement goes through SQLAlchemy as usual."""
+    options = connection.sync_connection.get_execution_options() if connection.sync_connection else {}
+    if connection.dialect.driver != "asyncpg" or options.get("isolation_level") != "AUTOCOMMIT":
+        result = await connection.execute(statement, params)  # type: ignore[call-overload]
+        return cast("Sequence[Mapping[str, Any]]", result.mappings().all())
+    compiled = _compiled_sql.get(statement)
+    if compiled is None:
+        sql = cast(SQLCompiler, statement.compile(dialect=connection.dialect))
+        compiled = _compiled_sql[statement] = (sql.string, tuple(sql.positiontup or ()))
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None
+    sql_text, names = compiled
+    records: Sequence[Mapping[str, Any]] = await driver.fetch(sql_text, *(params[name] for name in names))
+    return records
 
 
 Connection = Annotated[AsyncConnection, Depends(get_connection, scope="function")]

@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, Row, Select, asc, bindparam, delete, desc,
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import BindParameter
 
-from todo_api.db import utcnow
+from todo_api.db import fetch_all, utcnow
 from todo_api.errors import NotFound, PreconditionFailed
 from todo_api.tasks.models import tasks
 from todo_api.tasks.schemas import ListQuery
@@ -184,10 +184,10 @@ class TaskService:
         return TaskState(values)
 
     async def get(self, task_id: uuid.UUID) -> TaskState:
-        row = (await self.connection.execute(_GET, {"owner": self.owner_id, "task_id": task_id})).first()
-        if row is None:
+        rows = await fetch_all(self.connection, _GET, {"owner": self.owner_id, "task_id": task_id})
+        if not rows:
             raise NotFound("Task not found.")
-        return _state(row)
+        return TaskState(rows[0])
 
     async def list(self, query: ListQuery) -> Page:
         completion = query.completion
@@ -201,9 +201,9 @@ class TaskService:
             params["completed"] = completion
         if query.q:
             params["pattern"] = _like_pattern(query.q)
-        rows = (await self.connection.execute(statement, params)).all()
-        total = rows[0].total if rows else 0
-        items = [_state(row) for row in rows if row.id is not None]
+        rows = await fetch_all(self.connection, statement, params)
+        total = rows[0]["total"] if rows else 0
+        items = [TaskState(row) for row in rows if row["id"] is not None]
         return Page(items, total, query.page, query.page_size)
 
     async def change(self, task_id: uuid.UUID, changes: Mapping[str, Any], if_match: str | None) -> TaskState:
