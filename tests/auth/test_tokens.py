@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -158,3 +159,20 @@ async def test_issuer_and_audience_are_issued_and_enforced_when_configured(app_c
     assert_rejected(await me(client, hs256({**base, "iss": "https://api.example.com", "aud": "other"})), "audience")
     good = hs256({**base, "iss": "https://api.example.com", "aud": "todo-web"})
     assert (await me(client, good)).status_code == 200
+
+
+async def test_a_cached_token_still_expires_on_time(client: httpx.AsyncClient, alice: Account) -> None:
+    now = int(time.time())
+    token = hs256({"sub": alice.id, "iat": now - 600, "exp": now - 59})  # inside the 60 s leeway, for a moment
+    assert (await me(client, token)).status_code == 200  # verified, and now cached
+    await asyncio.sleep(2.1)
+    assert_rejected(await me(client, token), "token expired")
+
+
+async def test_a_cached_token_is_only_reused_for_the_identical_string(
+    client: httpx.AsyncClient, alice: Account
+) -> None:
+    assert (await me(client, alice.token)).status_code == 200
+    header, payload, signature = alice.token.split(".")
+    flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+    assert_rejected(await me(client, f"{header}.{payload}.{flipped}"))
