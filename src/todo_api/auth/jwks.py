@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import jwt
 
-from todo_api.auth.tokens import LEEWAY_SECONDS, describe
+from todo_api.auth.tokens import decode
 from todo_api.errors import Unauthorized, Unavailable
 
 log = logging.getLogger(__name__)
@@ -49,18 +49,7 @@ class JwksVerifier:
         key = await self._key(kid)
         if header.get("alg") != key.algorithm_name:
             raise Unauthorized("token algorithm not accepted")
-        try:
-            return jwt.decode(
-                token,
-                key,
-                algorithms=[key.algorithm_name],
-                issuer=self._issuer,
-                audience=self._audience,
-                leeway=LEEWAY_SECONDS,
-                options={"require": ["sub", "exp"], "verify_aud": self._audience is not None},
-            )
-        except jwt.PyJWTError as error:
-            raise Unauthorized(describe(error)) from None
+        return decode(token, key, key.algorithm_name, issuer=self._issuer, audience=self._audience)
 
     async def _key(self, kid: str) -> jwt.PyJWK:
         now = time.monotonic()

@@ -53,6 +53,24 @@ def describe(error: jwt.PyJWTError) -> str:
     return "malformed token"
 
 
+def decode(
+    token: str, key: str | jwt.PyJWK, algorithm: str, *, issuer: str | None, audience: str | None
+) -> dict[str, Any]:
+    """Verify signature and claims with the one algorithm `key` allows; every failure is a 401."""
+    try:
+        return jwt.decode(
+            token,
+            key,
+            algorithms=[algorithm],
+            issuer=issuer,
+            audience=audience,
+            leeway=LEEWAY_SECONDS,
+            options={"require": ["sub", "exp"], "verify_aud": audience is not None},
+        )
+    except jwt.PyJWTError as error:
+        raise Unauthorized(describe(error)) from None
+
+
 def checked_subject(claims: dict[str, Any]) -> Principal:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
@@ -130,15 +148,4 @@ class TokenService:
         raise Unauthorized("token algorithm not accepted")
 
     def _decode_hs256(self, token: str) -> dict[str, Any]:
-        try:
-            return jwt.decode(
-                token,
-                self._secret,
-                algorithms=[HS256],
-                issuer=self._issuer,
-                audience=self._audience,
-                leeway=LEEWAY_SECONDS,
-                options={"require": ["sub", "exp"], "verify_aud": self._audience is not None},
-            )
-        except jwt.PyJWTError as error:
-            raise Unauthorized(describe(error)) from None
+        return decode(token, self._secret, HS256, issuer=self._issuer, audience=self._audience)
