@@ -1,4 +1,4 @@
-"""`todo-api serve | migrate`: the commands an operator runs."""
+"""`todo-api serve | migrate | relay`: the commands an operator runs."""
 
 from __future__ import annotations
 
@@ -16,13 +16,17 @@ from todo_api.config import ConfigError, Settings, get_settings
 from todo_api.logs import configure_logging
 
 
-def _settings_or_exit(*, serving: bool) -> Settings:
+def _settings_or_exit(*, serving: bool, relaying: bool = False) -> Settings:
     """Settings that are safe to start with, or exit with a one-line reason."""
     try:
         settings = get_settings()
         configure_logging(settings.log_level)
         if serving:
             settings.signing_secret()
+        if relaying or (serving and settings.events_relay == "inline" and settings.events_publisher != "none"):
+            from todo_api.events.relay import relay_engine
+
+            relay_engine(settings)  # raises ConfigError for a database the relay cannot lead on
     except ValidationError as error:
         first = error.errors()[0]
         name = ".".join(str(part) for part in first["loc"]).upper()
@@ -64,6 +68,15 @@ def migrate(_: argparse.Namespace) -> None:
     asyncio.run(upgrade(settings.migration_url))
 
 
+def relay(_: argparse.Namespace) -> None:
+    from todo_api.events.relay import serve_relay
+
+    settings = _settings_or_exit(serving=False, relaying=True)
+    if settings.events_publisher == "none":
+        sys.exit("todo-api: EVENTS_PUBLISHER is none, so there is nothing to relay (set log, dapr or redis)")
+    asyncio.run(serve_relay(settings))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="todo-api", description="The todo-api service.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     serve_cmd.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
     serve_cmd.set_defaults(run=serve)
     commands.add_parser("migrate", help="apply database migrations").set_defaults(run=migrate)
+    commands.add_parser("relay", help="publish the event outbox (EVENTS_PUBLISHER)").set_defaults(run=relay)
     args = parser.parse_args(argv)
     args.run(args)
 

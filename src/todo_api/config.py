@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from limits import parse_many
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -20,6 +20,7 @@ MIN_SECRET_LENGTH = 32
 DEV_SECRET_FILE = Path(".todo-api-secret")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_NAME = r"^[A-Za-z0-9._-]+$"  # a Kafka topic, a Redis key, a Dapr component name alike
 
 
 class ConfigError(Exception):
@@ -61,6 +62,29 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[list[IPNetwork], NoDecode] = []
 
     cors_origins: Annotated[list[str], NoDecode] = []
+
+    # Events (the outbox and its relay; see todo_api.events). Declared after redis_url, which redis needs.
+    events_publisher: Literal["none", "log", "dapr", "redis"] = "none"
+    events_relay: Literal["inline"] | None = None
+    events_topic: str = Field(default="todo-events", pattern=_NAME, max_length=249)
+    events_source: str = Field(default="todo-api", pattern=r"^\S+$", max_length=255)
+    events_retention_hours: float = Field(default=168.0, gt=0)
+    dapr_http_port: int = Field(default=3500, ge=1, le=65535)
+    dapr_pubsub_name: str = Field(default="pubsub", pattern=_NAME, max_length=255)
+
+    @field_validator("events_publisher", "events_relay", mode="before")
+    @classmethod
+    def _parse_choice(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, str):  # case-insensitive; empty means the default
+            return value.strip().lower() or ("none" if info.field_name == "events_publisher" else None)
+        return value
+
+    @field_validator("events_publisher")
+    @classmethod
+    def _publisher_needs(cls, value: str, info: ValidationInfo) -> str:
+        if value == "redis" and not info.data.get("redis_url"):
+            raise ValueError("redis needs REDIS_URL")
+        return value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
