@@ -10,6 +10,7 @@ from sqlalchemy import ColumnElement, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from todo_api import events
 from todo_api.auth.models import users
 from todo_api.auth.passwords import PasswordHasher
 from todo_api.auth.schemas import LoginIn, SignupIn, normalized_email
@@ -57,6 +58,7 @@ class Accounts:
             # Lost a race with a concurrent signup: the unique index named in the error says which field.
             field = "username" if "username" in str(error.orig) else "email"
             raise Conflict(["body", field], f"This {field} is already taken.") from None
+        await events.user_signed_up(connection, account)
         return account
 
     async def _ensure_free(self, connection: AsyncConnection, data: SignupIn) -> None:

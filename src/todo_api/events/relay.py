@@ -172,6 +172,7 @@ class Relay:
                         failures = 0
                         await self._sleep(self.standby_interval)
                         if self._stopping.is_set():
+                            log.info("event relay stopped (it was standing by)")
                             return
                     try:
                         self.active = True

@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, Row, Select, asc, bindparam, delete, desc,
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import BindParameter
 
+from todo_api import events
 from todo_api.db import fetch_all, utcnow
 from todo_api.errors import NotFound, PreconditionFailed
 from todo_api.tasks.models import tasks
@@ -181,7 +182,9 @@ class TaskService:
             "updated_at": now,
         }
         await self.connection.execute(_INSERT, values)
-        return TaskState(values)
+        task = TaskState(values)
+        await events.task_created(self.connection, task)  # the transaction's last statement (see events)
+        return task
 
     async def get(self, task_id: uuid.UUID) -> TaskState:
         rows = await fetch_all(self.connection, _GET, {"owner": self.owner_id, "task_id": task_id})
@@ -235,7 +238,9 @@ class TaskService:
                 )
             ).first()
             if row is not None:
-                return _state(row)
+                changed = _state(row)
+                await events.task_changed(self.connection, current, changed)
+                return changed
             # Someone else wrote first: read again, and let If-Match (if any) judge the new state.
         raise PreconditionFailed("The task kept changing; try again.")
 
@@ -249,5 +254,6 @@ class TaskService:
             params = {"owner": self.owner_id, "task_id": task_id, "seen_version": current.row["version"]}
             result = await self.connection.execute(_DELETE, params)
             if result.first() is not None:
+                await events.task_deleted(self.connection, current)
                 return current
         raise PreconditionFailed("The task kept changing; try again.")
