@@ -6,7 +6,7 @@ UV_VERSION := 0.13.8
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test interop lint format migrate bench bench-quick wrk install lock clean
+.PHONY: run test interop lint format migrate bench bench-quick wrk install lock clean soak pgbouncer pgbouncer-stop
 
 run: install migrate  ## set up, migrate the database (SQLite by default) and serve on 127.0.0.1:8000
 	$(BIN)/todo-api serve --host $(HOST) --port $(PORT)
@@ -53,6 +53,23 @@ bench-quick: install wrk  ## the same, one short run (~1 min)
 
 wrk:
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+
+SOAK_SECONDS ?= 600
+
+soak: install wrk  ## mixed load on todo-api serve (PostgreSQL on 127.0.0.1) for SOAK_SECONDS; RSS and DB connections at start and end
+	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS) --workers $(WORKERS) $(SOAK_ARGS)
+
+PGBOUNCER_PORT ?= 6432
+PGBOUNCER_DIR ?= /tmp/todo-api-pgbouncer
+PGBOUNCER_UPSTREAM ?= 127.0.0.1:5432
+
+pgbouncer: install  ## PgBouncer in transaction pool mode on 127.0.0.1:PGBOUNCER_PORT in front of PGBOUNCER_UPSTREAM
+	@command -v pgbouncer >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer)
+	$(BIN)/python -m tests.reliability.services pgbouncer start --dir $(PGBOUNCER_DIR) --port $(PGBOUNCER_PORT) --upstream $(PGBOUNCER_UPSTREAM)
+	@echo "use: TEST_DATABASE_URL='postgresql://postgres@127.0.0.1:$(PGBOUNCER_PORT)/DB?pgbouncer=true' TEST_DATABASE_URL_DIRECT='postgresql://postgres@$(PGBOUNCER_UPSTREAM)/DB' make test"
+
+pgbouncer-stop:  ## stop the PgBouncer of `make pgbouncer`
+	$(BIN)/python -m tests.reliability.services pgbouncer stop --dir $(PGBOUNCER_DIR)
 
 lock: | $(BIN)/uv  ## refresh uv.lock after editing pyproject.toml
 	$(BIN)/uv lock

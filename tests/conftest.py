@@ -39,15 +39,19 @@ def is_postgres(database_url: str) -> bool:
 
 @pytest.fixture(scope="session")
 async def migrated(database_url: str) -> str:
-    """A database holding exactly what the migrations create."""
-    parsed = parse_database_url(database_url)
+    """A database holding exactly what the migrations create.
+
+    Behind a pooler (TEST_DATABASE_URL with `?pgbouncer=true`), the schema is reset and migrated over
+    TEST_DATABASE_URL_DIRECT, as `todo-api migrate` uses DATABASE_URL_DIRECT."""
+    direct = (os.environ.get("TEST_DATABASE_URL") and os.environ.get("TEST_DATABASE_URL_DIRECT")) or database_url
+    parsed = parse_database_url(direct)
     if not parsed.is_sqlite:
         engine = create_async_engine(parsed.url, connect_args=parsed.connect_args, poolclass=NullPool)
         async with engine.begin() as connection:
             await connection.execute(text("DROP SCHEMA public CASCADE"))
             await connection.execute(text("CREATE SCHEMA public"))
         await engine.dispose()
-    await upgrade(database_url)
+    await upgrade(direct)
     return database_url
 
 

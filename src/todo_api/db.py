@@ -93,7 +93,9 @@ def parse_database_url(raw: str, timeout: float = 5.0) -> DatabaseUrl:
 
     query = dict(url.query)
     warnings: list[str] = []
-    connect_args: dict[str, Any] = {"timeout": timeout, "command_timeout": timeout}
+    # A statement that times out is answered only after asyncpg's attempt to cancel it, which may take as long again:
+    # half the budget each keeps a database that hangs within `timeout`.
+    connect_args: dict[str, Any] = {"timeout": timeout, "command_timeout": timeout / 2}
     sslmode = query.get("sslmode")
     if isinstance(sslmode, str):
         # asyncpg understands libpq's sslmode names (disable … verify-full) through its `ssl` argument.
@@ -161,6 +163,12 @@ class Database:
     def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
         self.engine = engine
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")  # shares the pool
+        if parse_database_url(settings.database_url).pooled:
+            # PgBouncer in transaction mode (Debian's 1.18 has no max_prepared_statements) may hand the next round
+            # trip to another server connection once a statement is outside a transaction, and SQLAlchemy prepares
+            # and executes in two: "prepared statement … does not exist". Behind a pooler, reads keep to a
+            # transaction too.
+            self._autocommit = engine
         self._slots = asyncio.Semaphore(settings.db_pool_size + settings.db_max_overflow)
         self._timeout = settings.db_timeout
 
@@ -173,12 +181,18 @@ class Database:
         except TimeoutError:
             raise Unavailable("The database is too busy or not answering.") from None
         try:
-            if write:
-                async with self.engine.begin() as connection:
+            async with (self.engine if write else self._autocommit).connect() as connection:
+                transaction = await connection.begin() if write else None
+                try:
                     yield connection
-            else:
-                async with self._autocommit.connect() as connection:
-                    yield connection
+                    if transaction is not None:
+                        await transaction.commit()
+                except BaseException as error:
+                    if is_unavailable(error):
+                        # A database that timed out would make the rollback wait another DB_TIMEOUT: drop the
+                        # connection instead (the server rolls back when it sees the socket close).
+                        await connection.invalidate()
+                    raise  # closing the connection rolls back whatever is still open
         finally:
             self._slots.release()
 
@@ -231,10 +245,25 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# SQLSTATEs of a server that cannot serve us now: connection exceptions (class 08, also what PgBouncer sends when it
+# cannot reach the server), shutting down or starting up (57P01-57P03), out of connections (53300).
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+
+
 def is_unavailable(error: BaseException) -> bool:
+    """Whether this error means the database cannot serve us now, from SQLAlchemy or from asyncpg itself (reads that
+    run on asyncpg directly see its own exceptions)."""
     if isinstance(error, UNAVAILABLE_ERRORS):
         return True
-    return isinstance(error, exc.DBAPIError) and error.connection_invalidated
+    driver_error: BaseException | None = error
+    if isinstance(error, exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        driver_error = error.orig
+    if type(driver_error).__name__ == "InterfaceError" and "connection is closed" in str(driver_error):
+        return True  # asyncpg's, on a connection the server has closed
+    sqlstate = getattr(driver_error, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
 
 
 def utcnow() -> datetime:
