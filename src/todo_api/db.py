@@ -186,9 +186,14 @@ class Database:
                 try:
                     yield connection
                     if transaction is not None:
-                        await transaction.commit()
+                        try:
+                            await transaction.commit()
+                        except BaseException:
+                            # A COMMIT that failed leaves the connection in a state nobody should inherit.
+                            await connection.invalidate()
+                            raise
                 except BaseException as error:
-                    if is_unavailable(error):
+                    if is_unavailable(error) and not connection.invalidated:
                         # A database that timed out would make the rollback wait another DB_TIMEOUT: drop the
                         # connection instead (the server rolls back when it sees the socket close).
                         await connection.invalidate()
