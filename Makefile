@@ -51,6 +51,14 @@ bench: install wrk  ## todo-api vs the yardstick in ../shared/bench, same run (~
 bench-quick: install wrk  ## the same, one short run (~1 min)
 	$(BIN)/python bench/run.py --start-todo-api --start-reference --workers $(WORKERS) --quick $(BENCH_ARGS)
 
+.PHONY: bench-login-stall bench-scale
+
+bench-login-stall: install wrk  ## list p99 alone and with 8 clients logging in (bcrypt 12), todo-api and the yardstick (~3 min)
+	$(BIN)/python bench/run.py --start-todo-api --start-reference --workers $(WORKERS) --scenarios login-stall $(BENCH_ARGS)
+
+bench-scale: install wrk  ## 1,000,000 tasks by COPY; list/get/create for a 10-task and a 100,000-task user (~7 min)
+	$(BIN)/python bench/scale.py $(SCALE_ARGS)
+
 wrk:
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 

@@ -42,6 +42,10 @@ DEFAULT_REFERENCE_DIR = REPO_DIR.parent / "shared" / "bench"
 # run order: mixed last, as its creates grow the task lists that `list` counts and pages
 SCENARIOS = ("list", "get", "update", "complete", "login", "create", "mixed")
 QUICK_SCENARIOS = ("list", "get", "login", "create", "mixed")
+# opt-in (--scenarios login-stall, make bench-login-stall): `list` alone, then while --login-connections clients log in
+LOGIN_STALL = "login-stall"
+RUN_ORDER = ("list", "get", "update", "complete", "login", LOGIN_STALL, "create", "mixed")
+LOGIN_LEAD = 1  # seconds the logins run before `list` starts (bcrypt's first answers take about that long)
 PASSWORD = "benchpass-123"  # noqa: S105 -- the password of throwaway bench users
 BENCH_ENV = {"BCRYPT_ROUNDS": "12"}  # defaults for managed servers; the environment may override them
 NO_THROTTLING = {"LOGIN_RATE_LIMIT": "0", "LOGIN_IP_RATE_LIMIT": "0", "SIGNUP_RATE_LIMIT": "0"}
@@ -143,12 +147,14 @@ def _lua_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def write_lua_data(path: Path, base_url: str, seeded: dict[str, list[SeedUser]]) -> None:
-    """The table bench/lua/common.lua loads in init(): user ids (path-encoded), names, tokens, task ids."""
+def write_lua_data(path: Path, base_url: str, seeded: dict[str, list[SeedUser]], list_query: str = "") -> None:
+    """The table bench/lua/common.lua loads in init(): user ids (path-encoded), names, tokens, task ids, and
+    the query string of `list` requests (e.g. "?sort_by=title&page=2"; bench/scale.py uses it)."""
     lines = [
         "return {",
         f"  prefix = {_lua_string(urlsplit(base_url).path.rstrip('/'))},",
         f"  password = {_lua_string(PASSWORD)},",
+        f"  list_query = {_lua_string(list_query)},",
     ]
     for group, users in seeded.items():
         lines.append(f"  {group} = {{")
@@ -213,9 +219,9 @@ def peak_rss_mib(pid: int) -> list[float]:
 _busy_warned: set[int] = set()
 
 
-def settle(pid: int) -> None:
-    """Wait (at most 3 s) until the server is idle: done with what a wrk run left in flight."""
-    deadline = time.monotonic() + 3
+def settle(pid: int, limit: float = 3) -> None:
+    """Wait (at most `limit` s) until the server is idle: done with what a wrk run left in flight."""
+    deadline = time.monotonic() + limit
     before = cpu_seconds(pid)
     while time.monotonic() < deadline:
         time.sleep(0.2)
@@ -238,13 +244,15 @@ def require_wrk() -> str:
     return wrk
 
 
-def run_wrk(server: Server, scenario: str, connections: int, offset: int, opts: Options) -> dict[str, Any]:
+def wrk_command(
+    server: Server, scenario: str, connections: int, offset: int, opts: Options, duration: int | None = None
+) -> list[str]:
     assert server.data_file is not None
-    cmd = [
+    return [
         require_wrk(),
         f"-t{opts.threads}",
         f"-c{connections}",
-        f"-d{opts.duration}s",
+        f"-d{duration or opts.duration}s",
         f"--timeout={opts.timeout}s",
         "-s",
         str(LUA_DIR / f"{scenario}.lua"),
@@ -253,19 +261,49 @@ def run_wrk(server: Server, scenario: str, connections: int, offset: int, opts: 
         str(server.data_file),
         str(offset),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=opts.duration + 60, check=False)  # noqa: S603
-    for line in proc.stdout.splitlines():
+
+
+def wrk_result(returncode: int, stdout: str, stderr: str) -> dict[str, Any]:
+    for line in stdout.splitlines():
         if line.startswith("BENCH_RESULT "):
             result: dict[str, Any] = orjson.loads(line.removeprefix("BENCH_RESULT "))
             return result
-    raise BenchError(f"wrk gave no result (exit {proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+    raise BenchError(f"wrk gave no result (exit {returncode}): {stderr.strip() or stdout.strip()}")
 
 
-def measure(server: Server, scenario: str, offset: int, opts: Options) -> dict[str, Any]:
+def run_wrk(server: Server, scenario: str, connections: int, offset: int, opts: Options) -> dict[str, Any]:
+    cmd = wrk_command(server, scenario, connections, offset, opts)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=opts.duration + 60, check=False)  # noqa: S603
+    return wrk_result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@contextmanager
+def logins_in_background(server: Server, opts: Options, results: list[dict[str, Any]]) -> Iterator[None]:
+    """Run the `login` scenario (opts.login_connections clients) around the body, LOGIN_LEAD s ahead of it;
+    its wrk result is appended to `results` once it finishes (it runs opts.duration + 2 x LOGIN_LEAD s)."""
+    duration = opts.duration + 2 * LOGIN_LEAD
+    cmd = wrk_command(server, "login", opts.login_connections, 0, opts, duration)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # noqa: S603
+    try:
+        time.sleep(LOGIN_LEAD)
+        yield
+        stdout, stderr = proc.communicate(timeout=duration + 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    results.append(wrk_result(proc.returncode, stdout, stderr))
+
+
+def measure(
+    server: Server, scenario: str, offset: int, opts: Options, logins: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """One wrk run of one scenario against one server, with the server's CPU time around it.
 
     The CPU time is taken from an idle server to an idle server again, so it includes the requests wrk
-    left in flight when it stopped: one per connection, counted with the completed ones.
+    left in flight when it stopped: one per connection, counted with the completed ones. With `logins` (a
+    list), the login scenario runs alongside (see logins_in_background) and its result is appended there;
+    the CPU per request then includes the logins' bcrypt, so it is not reported.
     """
     connections = opts.login_connections if scenario == "login" else opts.connections
     cpu_before = cpu_after = 0.0
@@ -274,9 +312,13 @@ def measure(server: Server, scenario: str, offset: int, opts: Options) -> dict[s
         cpu_before = cpu_seconds(server.pid)
     else:
         time.sleep(0.5)  # let the previous run's stragglers finish
-    raw = run_wrk(server, scenario, connections, offset, opts)
+    if logins is None:
+        raw = run_wrk(server, scenario, connections, offset, opts)
+    else:
+        with logins_in_background(server, opts, logins):
+            raw = run_wrk(server, scenario, connections, offset, opts)
     if server.pid:
-        settle(server.pid)
+        settle(server.pid, 3 if logins is None else 10)  # up to 8 queued bcrypt hashes may still be running
         cpu_after = cpu_seconds(server.pid)
     requests = int(raw["requests"])
     lat = raw["latency_us"]
@@ -296,7 +338,8 @@ def measure(server: Server, scenario: str, offset: int, opts: Options) -> dict[s
         "peak_rss_mib": None,
     }
     if server.pid and requests:
-        run["cpu_ms_per_req"] = round((cpu_after - cpu_before) * 1000 / (requests + connections), 3)
+        cpu_ms = round((cpu_after - cpu_before) * 1000 / (requests + connections), 3)
+        run["cpu_ms_per_req" if logins is None else "cpu_ms_per_req_with_logins"] = cpu_ms
         run["rss_mib_per_worker"] = peak_rss_mib(server.pid)
         run["peak_rss_mib"] = max(run["rss_mib_per_worker"], default=None)
     return run
@@ -327,10 +370,10 @@ def run_benchmark(target_url: str, reference_url: str | None = None, options: Op
     """Seed each server, run every scenario --runs times (servers interleaved), return the report."""
     opts = options or Options()
     require_wrk()
-    unknown = set(opts.scenarios) - set(SCENARIOS)
+    unknown = set(opts.scenarios) - set(RUN_ORDER)
     if unknown:
-        raise BenchError(f"unknown scenario(s) {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
-    scenarios = [s for s in SCENARIOS if s in opts.scenarios]
+        raise BenchError(f"unknown scenario(s) {sorted(unknown)}; known: {', '.join(RUN_ORDER)}")
+    scenarios = [s for s in RUN_ORDER if s in opts.scenarios]
     servers = [Server("target", target_url.rstrip("/"), opts.target_pid)]
     if reference_url:
         servers.append(Server("reference", reference_url.rstrip("/"), opts.reference_pid))
@@ -361,28 +404,87 @@ def run_benchmark(target_url: str, reference_url: str | None = None, options: Op
             report["servers"][server.name] = {"url": server.url, "pid": server.pid, "seed": server.seed}
 
         for scenario in scenarios:
+            if scenario == LOGIN_STALL:
+                run_login_stall(servers, opts, report)
+                continue
             runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
             for i in range(opts.runs):
                 for server in servers:
                     offset = sum(r["requests"] for r in runs[server.name])
                     run = measure(server, scenario, offset, opts)
                     runs[server.name].append(run)
-                    log(
-                        f"  {scenario:<9} run {i + 1}/{opts.runs} {server.name:<9} {run['rps']:>9.1f} req/s  "
-                        f"p99 {run['p99_ms']:8.2f} ms  non-2xx {run['non2xx']}"
-                    )
-            entry: dict[str, Any] = {name: {"median": summarise(r), "runs": r} for name, r in runs.items()}
-            if reference_url:
-                t, ref = entry["target"]["median"], entry["reference"]["median"]
-                entry["ratio"] = {
-                    "rps": _ratio(t["rps"], ref["rps"]),
-                    "p99": _ratio(t["p99_ms"], ref["p99_ms"]),
-                    "cpu_ms_per_req": _ratio(t["cpu_ms_per_req"], ref["cpu_ms_per_req"]),
-                }
-            report["scenarios"][scenario] = entry
+                    _log_run(scenario, i, server, run, opts)
+            report["scenarios"][scenario] = _entry(runs)
     report["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     report["seconds"] = round(time.monotonic() - started_at, 1)
     return report
+
+
+def _log_run(label: str, i: int, server: Server, run: dict[str, Any], opts: Options) -> None:
+    log(
+        f"  {label:<10} run {i + 1}/{opts.runs} {server.name:<9} {run['rps']:>9.1f} req/s  "
+        f"p99 {run['p99_ms']:8.2f} ms  non-2xx {run['non2xx']}"
+    )
+
+
+def _entry(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Medians per server, and the ratios target / reference when there is a reference."""
+    entry: dict[str, Any] = {name: {"median": summarise(r), "runs": r} for name, r in runs.items()}
+    if "reference" in entry:
+        t, ref = entry["target"]["median"], entry["reference"]["median"]
+        entry["ratio"] = {
+            "rps": _ratio(t["rps"], ref["rps"]),
+            "p99": _ratio(t["p99_ms"], ref["p99_ms"]),
+            "cpu_ms_per_req": _ratio(t["cpu_ms_per_req"], ref["cpu_ms_per_req"]),
+        }
+    return entry
+
+
+def run_login_stall(servers: list[Server], opts: Options, report: dict[str, Any]) -> None:
+    """Do logins stall other work? Each run measures `list` alone, then `list` again while
+    opts.login_connections clients log in continuously (bcrypt on the server); servers interleaved.
+
+    Adds the scenarios `list-solo` and `list+login` to the report, and under "login_stall" per server the
+    medians of both p99s, their ratio (the issue's target: at most 3) and the background logins' own results.
+    """
+    solo: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
+    loaded: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
+    logins: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
+    for i in range(opts.runs):
+        for server in servers:
+            for label, runs, background in (("list-solo", solo, None), ("list+login", loaded, logins[server.name])):
+                offset = sum(r["requests"] for r in solo[server.name] + loaded[server.name])
+                run = measure(server, "list", offset, opts, logins=background)
+                runs[server.name].append(run)
+                _log_run(label, i, server, run, opts)
+            login = logins[server.name][-1]
+            log(f"  {'(logins)':<10}            {login['requests'] / (login['duration_us'] / 1e6):>9.1f} req/s")
+    report["scenarios"]["list-solo"] = _entry(solo)
+    report["scenarios"]["list+login"] = _entry(loaded)
+    stall: dict[str, Any] = {}
+    for server in servers:
+        alone = report["scenarios"]["list-solo"][server.name]["median"]["p99_ms"]
+        with_logins = report["scenarios"]["list+login"][server.name]["median"]["p99_ms"]
+        login_runs = [
+            {
+                "requests": int(raw["requests"]),
+                "rps": round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
+                "p50_ms": raw["latency_us"]["p50"] / 1000,
+                "p99_ms": raw["latency_us"]["p99"] / 1000,
+                "non2xx": int(raw["non2xx"]),
+                "first_non2xx": raw["sample"],
+            }
+            for raw in logins[server.name]
+        ]
+        stall[server.name] = {
+            "list_p99_alone_ms": alone,
+            "list_p99_with_logins_ms": with_logins,
+            "ratio": _ratio(with_logins, alone),
+            "login_clients": opts.login_connections,
+            "login_rps": statistics.median(r["rps"] for r in login_runs),
+            "login_runs": login_runs,
+        }
+    report["login_stall"] = stall
 
 
 # --- output ---
@@ -410,7 +512,7 @@ def _row(scenario: str, server: str, values: dict[str, Any], decimals: int | Non
         elif not isinstance(value, str):
             value = f"{value:.{digits if decimals is None else decimals}f}"
         cells.append(f"{value:>{width}}")
-    return f"{scenario:<9} {server:<10} {' '.join(cells)}".rstrip()
+    return f"{scenario:<10} {server:<10} {' '.join(cells)}".rstrip()
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -436,6 +538,12 @@ def format_table(report: dict[str, Any]) -> str:
             r = entry["ratio"]
             ratios = {"rps": r["rps"], "p99_ms": r["p99"], "cpu_ms_per_req": r["cpu_ms_per_req"]}
             lines.append(_row("", "t/r", ratios, decimals=2))
+    for name, stall in report.get("login_stall", {}).items():
+        alone, loaded, ratio = stall["list_p99_alone_ms"], stall["list_p99_with_logins_ms"], stall["ratio"]
+        lines.append(
+            f"login stall, {name}: list p99 {alone:.2f} ms alone, {loaded:.2f} ms with {stall['login_clients']} "
+            f"clients logging in ({stall['login_rps']:.1f} logins/s): {ratio:.2f}x (target <= 3x)"
+        )
     lines += [
         "",
         "errors: non-2xx responses, socket errors and timeouts, summed over the runs; cpu: server CPU time "
@@ -453,6 +561,11 @@ def problems(report: dict[str, Any]) -> list[str]:
                 if run["non2xx"]:
                     found.append(f"{scenario} on {name}: {run['non2xx']} non-2xx, first: {run['first_non2xx']}")
                     break
+    for name, stall in report.get("login_stall", {}).items():
+        for run in stall["login_runs"]:
+            if run["non2xx"]:
+                found.append(f"background logins on {name}: {run['non2xx']} non-2xx, first: {run['first_non2xx']}")
+                break
     return found
 
 
@@ -578,7 +691,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", help="URL of a running todo-api (or use --start-todo-api)")
     p.add_argument("--reference", help="URL of a running yardstick server to compare with")
-    p.add_argument("--scenarios", help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)")
+    p.add_argument(
+        "--scenarios",
+        help=f"comma-separated subset of {','.join(RUN_ORDER)} (default: all but {LOGIN_STALL})",
+    )
     p.add_argument("--duration", type=int, help="seconds per wrk run (default 4, quick 3)")
     p.add_argument("--connections", type=int, default=100, help="wrk connections (default 100)")
     p.add_argument("--login-connections", type=int, default=8, help="wrk connections for login (default 8)")

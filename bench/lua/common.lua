@@ -7,6 +7,8 @@
 --   { prefix = "", password = "...",
 --     users = { { id = "...", name = "...", token = "...", tasks = { "<uuid>", ... } }, ... },
 --     writers = { { id = "...", name = "...", token = "...", tasks = {} }, ... } }
+-- An optional `list_query = "?sort_by=title&page=2"` is appended to the path of every `list` request
+-- (bench/scale.py uses it for the sort orders and deep pages).
 -- `create` adds tasks to the writers (users whose tasks nothing reads), so the task lists that the other
 -- scenarios read do not grow with a server's create throughput; `mixed` creates for the users.
 --
@@ -89,7 +91,7 @@ function init(args)
   n_tasks = #data.users[1].tasks
   for u, user in ipairs(data.users) do
     local base = "/api/" .. user.id .. "/tasks"
-    lists[u] = head("GET", base, user.token) .. "\r\n"
+    lists[u] = head("GET", base .. (data.list_query or ""), user.token) .. "\r\n"
     create_heads[u] = head("POST", base, user.token)
     logins[u] = with_body(head("POST", "/api/auth/login"),
       string.format('{"username":"%s","password":"%s"}', user.name, data.password))
