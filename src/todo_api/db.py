@@ -209,7 +209,7 @@ async def get_connection(request: Request) -> AsyncIterator[AsyncConnection]:
         yield connection
 
 
-_compiled_sql: dict[ClauseElement, tuple[str, tuple[str, ...]]] = {}
+_compiled_sql: dict[ClauseElement, tuple[str, tuple[str, ...], dict[str, Any]]] = {}
 
 
 async def fetch_all(
@@ -227,11 +227,14 @@ async def fetch_all(
     compiled = _compiled_sql.get(statement)
     if compiled is None:
         sql = cast(SQLCompiler, statement.compile(dialect=connection.dialect))
-        compiled = _compiled_sql[statement] = (sql.string, tuple(sql.positiontup or ()))
+        # The statement's own literals (e.g. the 0 of coalesce(…, 0)) are bound parameters with a value.
+        literals = {name: bind.effective_value for name, bind in sql.binds.items() if not bind.required}
+        compiled = _compiled_sql[statement] = (sql.string, tuple(sql.positiontup or ()), literals)
     driver = (await connection.get_raw_connection()).driver_connection
     assert driver is not None
-    sql_text, names = compiled
-    records: Sequence[Mapping[str, Any]] = await driver.fetch(sql_text, *(params[name] for name in names))
+    sql_text, names, literals = compiled
+    values = [params[name] if name in params else literals[name] for name in names]
+    records: Sequence[Mapping[str, Any]] = await driver.fetch(sql_text, *values)
     return records
 
 

@@ -11,7 +11,7 @@ from todo_api.auth.models import User  # noqa: F401  (registers the table)
 from todo_api.config import get_settings
 from todo_api.db import metadata
 from todo_api.events.models import OutboxEvent  # noqa: F401
-from todo_api.tasks.models import Task  # noqa: F401
+from todo_api.tasks.models import Task, TaskCount  # noqa: F401
 
 
 def run_migrations(connection: Connection) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Index, Table, Text
+from sqlalchemy import BigInteger, Index, Table, Text
 from sqlalchemy.dialects import postgresql
 from sqlmodel import Field, SQLModel
 
@@ -35,4 +35,16 @@ class Task(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=UTCDateTime)
 
 
+class TaskCount(SQLModel, table=True):
+    """How many tasks an owner has, and how many are done: kept by database triggers (migration 0003), read by the
+    listing so its exact `total` does not cost a count over all of the owner's tasks."""
+
+    __tablename__ = "task_counts"
+
+    user_id: str = Field(primary_key=True, max_length=255)
+    total: int = Field(sa_type=BigInteger)
+    completed: int = Field(sa_type=BigInteger)
+
+
 tasks: Table = Task.__table__  # type: ignore[attr-defined]
+task_counts: Table = TaskCount.__table__  # type: ignore[attr-defined]

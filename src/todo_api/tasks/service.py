@@ -11,14 +11,29 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Row, Select, asc, bindparam, delete, desc, func, insert, select, true, update
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Row,
+    Select,
+    asc,
+    bindparam,
+    case,
+    delete,
+    desc,
+    func,
+    insert,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import BindParameter
 
 from todo_api import events
 from todo_api.db import fetch_all, utcnow
 from todo_api.errors import NotFound, PreconditionFailed
-from todo_api.tasks.models import tasks
+from todo_api.tasks.models import task_counts, tasks
 from todo_api.tasks.schemas import ListQuery
 
 EDITABLE = ("title", "description", "completed")
@@ -142,7 +157,7 @@ def _page_statement(sort_by: str, sort_order: str, by_completion: bool, by_text:
         filters.append(tasks.c.title.ilike(pattern, escape="/") | tasks.c.description.ilike(pattern, escape="/"))
     column = SORT_COLUMNS[sort_by]
     direction = desc if sort_order == "desc" else asc
-    counted = select(func.count().label("total")).select_from(tasks).where(*filters).subquery("counted")
+    counted = _count_statement(by_completion, by_text, filters).subquery("counted")
     page = (
         select(*PUBLIC_COLUMNS, column.label("sort_key"))
         .where(*filters)
@@ -156,6 +171,20 @@ def _page_statement(sort_by: str, sort_order: str, by_completion: bool, by_text:
         .select_from(counted.outerjoin(page, true()))
         .order_by(direction(page.c.sort_key), direction(page.c.id))
     )
+
+
+def _count_statement(by_completion: bool, by_text: bool, filters: list[ColumnElement[bool]]) -> Select[Any]:
+    """The exact total: from the owner's counters (kept by triggers), unless a text search has to count rows."""
+    if by_text:
+        return select(func.count().label("total")).select_from(tasks).where(*filters)
+    completed_only: BindParameter[bool] = bindparam("completed", type_=Boolean)
+    counter = (
+        case((completed_only, task_counts.c.completed), else_=task_counts.c.total - task_counts.c.completed)
+        if by_completion
+        else task_counts.c.total
+    )
+    # max() over at most one row: an owner with no counter row yet still gets a row, with 0.
+    return select(func.coalesce(func.max(counter), 0).label("total")).where(task_counts.c.user_id == OWNER)
 
 
 def _like_pattern(text: str) -> str:
