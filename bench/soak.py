@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,20 @@ from run import (
 
 DATABASE = "todo_soak"
 POOL_SIZE, MAX_OVERFLOW = 10, 5  # the product's defaults, set explicitly so the bound below is known
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def rss_mib(pid: int) -> dict[int, float]:
@@ -139,10 +154,14 @@ def soak(args: argparse.Namespace) -> int:
             }
         )
         run_tool([args.todo_api_bin, "migrate"], env)
-        url = f"http://127.0.0.1:{args.port}"
-        cmd = [args.todo_api_bin, "serve", "--host", "127.0.0.1", "--port", str(args.port),
+        port = args.port or free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd = [args.todo_api_bin, "serve", "--host", "127.0.0.1", "--port", str(port),
                "--workers", str(args.workers), "--no-access-log"]  # fmt: skip
         pid = stack.enter_context(managed_server("todo-api-soak", cmd, env, url))
+        time.sleep(1)
+        if not alive(pid):
+            raise BenchError(f"the server we started is not running: is {url} taken by another process?")
         seeded = asyncio.run(seed(url, args.users, args.tasks))
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="todo-soak-")))
         data = tmp / "data.lua"
@@ -246,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", type=int, default=20)
     p.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
     p.add_argument("--max-rss-growth", type=float, default=0.25, help="fraction; above it the soak fails")
-    p.add_argument("--port", type=int, default=8310)
+    p.add_argument("--port", type=int, default=0, help="default: a free port")
     p.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432")
     p.add_argument("--todo-api-bin", default=str(Path(sys.executable).with_name("todo-api")))
     args = p.parse_args(argv)

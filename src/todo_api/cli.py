@@ -13,11 +13,16 @@ import uvicorn
 from pydantic import ValidationError
 
 from todo_api.config import ConfigError, Settings, get_settings
-from todo_api.logs import configure_logging
+
+# Keep this module's imports light: every `--workers` process re-imports it (multiprocessing's spawn) before it can
+# answer uvicorn's 5-second health ping, and on a busy machine importing the app stack first got new workers killed
+# and restarted in a loop. The app itself is imported after the ping thread is up.
 
 
 def _settings_or_exit(*, serving: bool, relaying: bool = False) -> Settings:
     """Settings that are safe to start with, or exit with a one-line reason."""
+    from todo_api.logs import configure_logging
+
     try:
         settings = get_settings()
         configure_logging(settings.log_level)
