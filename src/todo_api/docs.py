@@ -51,18 +51,21 @@ _EXAMPLE_ERRORS = {
     ],
     409: [{"loc": ["body", "email"], "msg": "This email is already taken.", "type": "conflict"}],
 }
+_RETRY_AFTER = {"description": "Seconds to wait", "required": True, "schema": {"type": "integer", "minimum": 1}}
 _HEADERS = {
-    401: {"WWW-Authenticate": {"description": "RFC 6750 bearer challenge", "schema": {"type": "string"}}},
+    401: {
+        "WWW-Authenticate": {"description": "RFC 6750 bearer challenge", "required": True, "schema": {"type": "string"}}
+    },
     412: {"ETag": {"description": "The task's current ETag", "schema": {"type": "string"}}},
-    429: {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},
-    503: {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},
+    429: {"Retry-After": _RETRY_AFTER},
+    503: {"Retry-After": _RETRY_AFTER},
 }
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The `responses=` entry documenting these error statuses (plus 500, which any operation may answer)."""
+    """The `responses=` entry documenting these error statuses (plus 413 and 500, which any operation may answer)."""
     documented: dict[int | str, dict[str, Any]] = {}
-    for code in (*statuses, 500):
+    for code in (*statuses, 413, 500):
         cls = BY_STATUS[code]
         example: dict[str, Any] = {
             "type": cls.type_uri(),

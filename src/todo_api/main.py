@@ -13,6 +13,7 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy import text
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from todo_api import __version__, events
 from todo_api.auth.jwks import JwksVerifier
@@ -141,6 +142,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allow_header(request: Request) -> dict[str, str]:
+    """`Allow` naming every method served at this path: Starlette's 405 names only the first matching route's."""
+    routes = request.app.router.routes
+    allowed = [m for m in _METHODS if any(r.matches({**request.scope, "method": m})[0] is Match.FULL for r in routes)]
+    return {"Allow": ", ".join(allowed)} if allowed else {}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def api_error(_: Request, error: Exception) -> Response:
         assert isinstance(error, ApiError)
@@ -150,14 +161,14 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(error, RequestValidationError)
         return render(ValidationFailed(error_items(error.errors())))
 
-    async def http_error(_: Request, error: Exception) -> Response:
+    async def http_error(request: Request, error: Exception) -> Response:
         # Starlette's own: no route (404), wrong method (405); anything else we never expect to see.
         assert isinstance(error, HTTPException)
         problem: ApiError
         if error.status_code == 404:
             problem = NotFound("There is no such resource.")
         elif error.status_code == 405:
-            problem = MethodNotAllowed(headers=error.headers)
+            problem = MethodNotAllowed(headers={**(error.headers or {}), **allow_header(request)})
         elif error.status_code < 500:
             problem = ValidationFailed.one(["request"], str(error.detail))
         else:

@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from pydantic import AfterValidator, StrictStr
+from pydantic import AfterValidator, Field, StrictStr
 
 
 def _storable(value: str) -> str:
@@ -15,4 +15,5 @@ def _storable(value: str) -> str:
     return value
 
 
-CleanStr = Annotated[StrictStr, AfterValidator(_storable)]
+# The OpenAPI document says "no NUL" too; lone surrogates (`"\ud800"`) have no JSON Schema spelling.
+CleanStr = Annotated[StrictStr, AfterValidator(_storable), Field(json_schema_extra={"not": {"pattern": "\\x00"}})]

@@ -39,9 +39,34 @@ def _password(value: str) -> str:
     return value
 
 
-Username = Annotated[CleanStr, Field(pattern=r"^[A-Za-z0-9_.\-]{3,32}$", examples=["ada_lovelace"])]
-Email = Annotated[CleanStr, Field(max_length=320, examples=["ada@example.com"]), AfterValidator(_email)]
-Password = Annotated[CleanStr, Field(min_length=8, examples=["correct horse battery"]), AfterValidator(_password)]
+USERNAME_PATTERN = r"^[A-Za-z0-9_.\-]{3,32}$"
+# Pydantic enforces a pattern set after a validator but leaves it out of the JSON Schema: documented by hand.
+Username = Annotated[
+    CleanStr,
+    Field(pattern=USERNAME_PATTERN, examples=["ada_lovelace"], json_schema_extra={"pattern": USERNAME_PATTERN}),
+]
+Email = Annotated[
+    CleanStr,
+    Field(
+        max_length=320,
+        description="A valid address by email-validator (so no special-use domain like `.test`); stored lower-cased.",
+        examples=["ada@example.com"],
+        json_schema_extra={"format": "email"},
+    ),
+    AfterValidator(_email),
+]
+# `maxLength` counts characters and bcrypt counts bytes: the document states both, `_password` checks the bytes.
+BCRYPT_LIMIT = f"At most {BCRYPT_MAX_BYTES} bytes in UTF-8 (bcrypt's limit)."
+Password = Annotated[
+    CleanStr,
+    Field(
+        min_length=8,
+        description=BCRYPT_LIMIT,
+        examples=["correct horse battery"],
+        json_schema_extra={"maxLength": BCRYPT_MAX_BYTES},
+    ),
+    AfterValidator(_password),
+]
 
 
 class Strict(BaseModel):
@@ -65,10 +90,23 @@ class SignupIn(Strict):
 class LoginIn(Strict):
     """`username` or `email`, exactly one; a username holding `@` is matched as an email."""
 
+    model_config = ConfigDict(
+        json_schema_extra={  # exactly one of the two is a string; the other is absent or null
+            "oneOf": [
+                {"required": ["username"], "properties": {"username": {"type": "string"}}},
+                {"required": ["email"], "properties": {"email": {"type": "string"}}},
+            ]
+        }
+    )
+
     username: Annotated[CleanStr, Field(min_length=1, max_length=320)] | None = None
     email: Annotated[CleanStr, Field(min_length=1, max_length=320)] | None = None
     # Any length up to bcrypt's limit: a short one simply fails to match; a longer one could never have been set.
-    password: Annotated[CleanStr, Field(min_length=1), AfterValidator(_password)]
+    password: Annotated[
+        CleanStr,
+        Field(min_length=1, description=BCRYPT_LIMIT, json_schema_extra={"maxLength": BCRYPT_MAX_BYTES}),
+        AfterValidator(_password),
+    ]
 
     @model_validator(mode="after")
     def _one_identifier(self) -> LoginIn:

@@ -12,6 +12,10 @@ from todo_api.text import CleanStr
 READ_ONLY_FIELDS = frozenset({"id", "user_id", "created_at", "updated_at"})
 
 TITLE_MAX = 200
+# The white space `str.strip()` removes, spelled out: regex dialects disagree on what `\s` means.
+SPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# 1–TITLE_MAX characters once trimmed, none of them NUL.
+TITLE_PATTERN = rf"^[{SPACE}]*[^{SPACE}\x00]([^\x00]{{0,{TITLE_MAX - 2}}}[^{SPACE}\x00])?[{SPACE}]*$"
 
 
 def _trimmed_title(value: str) -> str:
@@ -29,7 +33,7 @@ Title = Annotated[
     Field(
         description=f"1–{TITLE_MAX} characters after trimming white space; stored trimmed.",
         examples=["Buy milk"],
-        json_schema_extra={"pattern": r"\S"},
+        json_schema_extra={"pattern": TITLE_PATTERN},
     ),
 ]
 Description = Annotated[CleanStr, Field(max_length=2000, examples=["Two litres, semi-skimmed"])]
