@@ -36,12 +36,14 @@ def _require_node() -> None:
 
 
 @contextmanager
-def better_auth_server(alg: str | None = None) -> Iterator[str]:
+def better_auth_server(alg: str | None = None, exp_offset: int | None = None) -> Iterator[str]:
     """Start `node server.mjs` on a free port; yields its base URL (also its tokens' iss and aud)."""
     _require_node()
     env = {**os.environ, "PORT": "0", "BETTER_AUTH_SECRET": "better-auth-own-secret-" + uuid.uuid4().hex}
     if alg:
         env["JWT_ALG"] = alg
+    if exp_offset is not None:
+        env["JWT_EXP_OFFSET"] = str(exp_offset)
     process = subprocess.Popen(["node", "server.mjs"], cwd=INTEROP, env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None

@@ -1,5 +1,6 @@
 // Real Better Auth server (email+password, JWT plugin, in-memory DB) for the Python interop tests.
-// Env: PORT (0 = free port), BETTER_AUTH_SECRET, JWT_ALG (default EdDSA/Ed25519; ES256, ES512, RS256, PS256, ...).
+// Env: PORT (0 = free port), BETTER_AUTH_SECRET, JWT_ALG (default EdDSA/Ed25519; ES256, ES512, RS256, PS256, ...),
+// JWT_EXP_OFFSET (see below).
 // Prints exactly one line, "READY http://127.0.0.1:<port>", once it accepts requests.
 import http from "node:http";
 import { betterAuth } from "better-auth";
@@ -10,7 +11,12 @@ import { createJwk, jwt } from "better-auth/plugins/jwt";
 const port = Number(process.env.PORT ?? 0);
 const secret = process.env.BETTER_AUTH_SECRET || "interop-test-secret-0123456789-abcdefghij";
 const alg = process.env.JWT_ALG;
-const jwtOptions = alg && alg !== "EdDSA" ? { jwks: { keyPairConfig: { alg } } } : undefined;
+// JWT_EXP_OFFSET (seconds, may be negative): every token expires at server start + offset, for expiry tests.
+const expOffset = process.env.JWT_EXP_OFFSET;
+const jwtOptions = {
+  ...(alg && alg !== "EdDSA" ? { jwks: { keyPairConfig: { alg } } } : {}),
+  ...(expOffset ? { jwt: { expirationTime: Math.floor(Date.now() / 1000) + Number(expOffset) } } : {}),
+};
 const db = { user: [], session: [], account: [], verification: [], jwks: [] };
 
 const server = http.createServer();

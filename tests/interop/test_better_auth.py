@@ -45,16 +45,36 @@ async def test_a_better_auth_user_this_api_never_saw_works_at_once(app_client: A
     client = await app_client(better_auth_url=better_auth)
     user = await better_auth_user(better_auth)
     assert jwt.get_unverified_header(user.token)["alg"] == "EdDSA"
+    auth = bearer(user.token)
 
-    me = await client.get("/api/auth/me", headers=bearer(user.token))
+    me = await client.get("/api/auth/me", headers=auth)
     assert me.status_code == 200, me.text
     assert me.json() == {"id": user.id, "username": user.name, "email": user.email}
+    await use_tasks(client, user.id, auth)
 
-    created = await client.post(f"/api/{user.id}/tasks", json={"title": "from Next.js"}, headers=bearer(user.token))
+
+async def use_tasks(client: httpx.AsyncClient, user_id: str, auth: dict[str, str]) -> None:
+    """Create, list, complete and delete a task as this user, the way a frontend would."""
+    created = await client.post(f"/api/{user_id}/tasks", json={"title": "from Next.js"}, headers=auth)
     assert created.status_code == 201, created.text
-    assert created.json()["user_id"] == user.id
-    listed = await client.get(f"/api/{user.id}/tasks", headers=bearer(user.token))
-    assert [task["id"] for task in listed.json()["items"]] == [created.json()["id"]]
+    task = created.json()
+    assert task["user_id"] == user_id
+    listed = await client.get(f"/api/{user_id}/tasks", headers=auth)
+    assert [item["id"] for item in listed.json()["items"]] == [task["id"]]
+    completed = await client.patch(f"/api/{user_id}/tasks/{task['id']}/complete", headers=auth)
+    assert completed.json()["completed"] is True
+    deleted = await client.delete(f"/api/{user_id}/tasks/{task['id']}", headers=auth)
+    assert deleted.status_code == 200
+    assert (await client.get(f"/api/{user_id}/tasks", headers=auth)).json()["total"] == 0
+
+
+async def test_an_expired_better_auth_token_is_401(app_client: AppClient) -> None:
+    with better_auth_server(exp_offset=-120) as base:  # every token it signs expired two minutes ago
+        client = await app_client(better_auth_url=base)
+        user = await better_auth_user(base)
+        response = await client.get("/api/auth/me", headers=bearer(user.token))
+        assert_401(response)
+        assert "token expired" in response.headers["www-authenticate"]
 
 
 async def test_better_auth_users_are_isolated_from_each_other(app_client: AppClient, better_auth: str) -> None:
@@ -75,6 +95,7 @@ async def test_every_algorithm_better_auth_can_sign_with_is_accepted(app_client:
         response = await client.get("/api/auth/me", headers=bearer(user.token))
         assert response.status_code == 200, response.text
         assert response.json()["id"] == user.id
+        await use_tasks(client, user.id, bearer(user.token))
 
 
 async def test_issuer_and_audience_must_match_better_auths(app_client: AppClient, better_auth: str) -> None:
@@ -139,6 +160,7 @@ async def test_a_frontend_minted_jose_hs256_token_is_accepted(app_client: AppCli
     response = await client.get("/api/auth/me", headers=bearer(minted))
     assert response.status_code == 200, response.text
     assert response.json() == {"id": "frontend-user-7", "username": None, "email": "f7@example.com"}
+    await use_tasks(client, "frontend-user-7", bearer(minted))
 
 
 async def test_rotated_keys_are_picked_up_at_most_every_10_seconds(app_client: AppClient) -> None:
