@@ -302,7 +302,7 @@ def captured_list_sql(database_url: str) -> str | None:
     text = psql(
         database_url,
         "SELECT query FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
-        "AND query ILIKE '%count(%' ORDER BY query_start DESC LIMIT 1",
+        "AND query ILIKE '%AS counted%' ORDER BY query_start DESC LIMIT 1",
     ).strip()
     limit = int(psql(database_url, "SHOW track_activity_query_size").strip().removesuffix("kB") or 1) * 1024
     return text if text and len(text.encode()) < limit - 1 else None  # a full-size text may be truncated
@@ -316,6 +316,10 @@ def compiled_list_sql() -> tuple[str, list[str]] | None:
         service = importlib.import_module("todo_api.tasks.service")
         statement = service._page_statement("created_at", "desc", False, False)
         compiled = statement.compile(dialect=dialect)
+        # The statement's own literals (e.g. the 0 of coalesce(total, 0)) are parameters with a value.
+        LITERALS.update(
+            {name: repr(bind.effective_value) for name, bind in compiled.binds.items() if not bind.required}
+        )
         return str(compiled), list(compiled.positiontup or [])
     except Exception as exc:
         log(f"note: could not compile the listing statement from todo_api.tasks.service: {exc!r}")
@@ -338,8 +342,11 @@ def explain(database_url: str, sql: str, params: list[str], generic: bool = Fals
     return psql(database_url, script=script).rstrip()
 
 
+LITERALS: dict[str, str] = {}
+
+
 def list_params(names: list[str], owner: str, limit: int, offset: int) -> list[str]:
-    values = {"owner": f"'{owner}'", "limit": str(limit), "offset": str(offset)}
+    values = {**LITERALS, "owner": f"'{owner}'", "limit": str(limit), "offset": str(offset)}
     missing = [n for n in names if n not in values]
     if missing:
         raise BenchError(f"the listing statement has parameters this script does not know: {missing}")
