@@ -71,6 +71,19 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
     return Settings(_env_file=None, **values)
 
 
+REDIS_URL = os.environ.get("TEST_REDIS_URL")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The real Redis the tests share (TEST_REDIS_URL): skipped without it, a failure where CI requires it."""
+    if not REDIS_URL:
+        if os.environ.get("TEST_REQUIRE_SERVICES"):
+            pytest.fail("TEST_REDIS_URL must be set when TEST_REQUIRE_SERVICES is")
+        pytest.skip("Redis not configured: set TEST_REDIS_URL=redis://127.0.0.1:6379/0")
+    return REDIS_URL
+
+
 AppClient = Callable[..., Awaitable[httpx.AsyncClient]]
 
 

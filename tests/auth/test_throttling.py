@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import random
 
 import httpx
-import pytest
 
 from tests.conftest import PASSWORD, AppClient, assert_problem, sign_up, signup_body
 
@@ -85,18 +83,6 @@ async def test_signups_are_throttled_per_address(app_client: AppClient) -> None:
     assert "retry-after" in blocked.headers
     other = await client.post("/api/auth/signup", json=signup_body(), headers=from_address(random_address()))
     assert other.status_code == 201
-
-
-REDIS_URL = os.environ.get("TEST_REDIS_URL")
-
-
-@pytest.fixture
-def redis_url() -> str:
-    if not REDIS_URL:
-        if os.environ.get("TEST_REQUIRE_SERVICES"):
-            pytest.fail("TEST_REDIS_URL must be set when TEST_REQUIRE_SERVICES is")
-        pytest.skip("Redis not configured: set TEST_REDIS_URL=redis://127.0.0.1:6379/0")
-    return REDIS_URL
 
 
 async def test_instances_sharing_redis_share_one_login_budget(app_client: AppClient, redis_url: str) -> None:

@@ -22,7 +22,6 @@ from todo_api.events.models import outbox
 from todo_api.events.publishers import Publisher, make_publisher
 from todo_api.events.relay import Relay, relay_engine
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL")
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 # Fast relays for tests: the defaults wait longer between polls and after failures.
@@ -35,15 +34,6 @@ def events_settings(**overrides: Any) -> dict[str, Any]:
     if direct:
         overrides.setdefault("database_url_direct", direct)
     return overrides
-
-
-@pytest.fixture
-def redis_url() -> str:
-    if not REDIS_URL:
-        if os.environ.get("TEST_REQUIRE_SERVICES"):
-            pytest.fail("TEST_REDIS_URL must be set when TEST_REQUIRE_SERVICES is")
-        pytest.skip("Redis not configured: set TEST_REDIS_URL=redis://127.0.0.1:6379/0")
-    return REDIS_URL
 
 
 @pytest.fixture
