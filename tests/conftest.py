@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -194,3 +196,15 @@ def error_locs(response: httpx.Response) -> list[list[str | int]]:
 
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for_health(base: str, process: subprocess.Popen[Any], seconds: float = 60) -> bool:
+    """Poll a `todo-api serve` process's /health until it answers 200; False if it exits or time runs out."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return True
+        except httpx.TransportError:
+            time.sleep(0.1)
+    return False

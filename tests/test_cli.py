@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import PASSWORD, SECRET, signup_body
+from tests.conftest import PASSWORD, SECRET, signup_body, wait_for_health
 
 TODO_API = str(Path(sys.executable).with_name("todo-api"))
 QUIET_LIMITS = {"LOGIN_RATE_LIMIT": "0", "LOGIN_IP_RATE_LIMIT": "0", "SIGNUP_RATE_LIMIT": "0", "BCRYPT_ROUNDS": "4"}
@@ -51,14 +51,7 @@ def serving(env: dict[str, str], cwd: Path, *extra: str) -> Iterator[tuple[str, 
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
+        if not wait_for_health(base, process):
             process.kill()
             pytest.fail(f"server did not start: {process.communicate()[0]}")
         yield base, process

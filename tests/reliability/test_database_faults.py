@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import SECRET, signup_body
+from tests.conftest import SECRET, signup_body, wait_for_health
 from tests.reliability.conftest import needs_pgbouncer
 from tests.reliability.services import PgBouncer, PrivatePostgres
 from tests.test_cli import TODO_API, environment, free_port, run
@@ -244,14 +244,7 @@ def serving(env: dict[str, str], cwd: Path) -> Iterator[tuple[str, subprocess.Po
                                    stderr=subprocess.STDOUT)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
+        if not wait_for_health(base, process):
             pytest.fail(f"server did not start: {log.read_text()}")
         yield base, process
     finally:
