@@ -23,7 +23,7 @@ from todo_api.auth.service import Accounts
 from todo_api.auth.tokens import TokenService
 from todo_api.config import Settings, get_settings
 from todo_api.context import AppContext
-from todo_api.db import UNAVAILABLE_ERRORS, Database, create_engine
+from todo_api.db import Database, create_engine, is_unavailable
 from todo_api.docs import install_openapi, problem_pages, problems
 from todo_api.errors import (
     ApiError,
@@ -120,7 +120,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             async with asyncio.timeout(settings.db_timeout), context.database.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
-        except UNAVAILABLE_ERRORS as error:
+        except Exception as error:
+            if not is_unavailable(error):
+                raise
             log.warning("readiness check failed: %s", type(error).__name__)
             raise Unavailable("The database is not answering.") from None
         return JsonResponse({"status": "ready"})

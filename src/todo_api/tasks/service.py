@@ -238,17 +238,20 @@ class TaskService:
         items = [TaskState(row) for row in rows if row["id"] is not None]
         return Page(items, total, query.page, query.page_size)
 
+    async def _writable(self, task_id: uuid.UUID, if_match: str | None) -> TaskState:
+        """The task as it is now, once `If-Match` allows writing it: 404 first, then 412 with the current ETag."""
+        current = await self.get(task_id)
+        if not if_match_allows(if_match, current.etag):
+            raise PreconditionFailed("If-Match does not match the task's current ETag.", headers={"ETag": current.etag})
+        return current
+
     async def change(self, task_id: uuid.UUID, changes: Mapping[str, Any], if_match: str | None) -> TaskState:
         """Apply `changes` (a subset of title, description, completed) unless `If-Match` forbids it.
 
         A write that changes nothing writes nothing. Concurrent writers are serialised by the version check in
         the UPDATE itself, so of two carrying the same ETag exactly one wins."""
         for _ in range(_MAX_WRITE_ATTEMPTS):
-            current = await self.get(task_id)
-            if not if_match_allows(if_match, current.etag):
-                raise PreconditionFailed(
-                    "If-Match does not match the task's current ETag.", headers={"ETag": current.etag}
-                )
+            current = await self._writable(task_id, if_match)
             if all(current.row[name] == value for name, value in changes.items()):
                 return current
             state = {name: changes.get(name, current.row[name]) for name in EDITABLE}
@@ -275,11 +278,7 @@ class TaskService:
 
     async def delete(self, task_id: uuid.UUID, if_match: str | None) -> TaskState:
         for _ in range(_MAX_WRITE_ATTEMPTS):
-            current = await self.get(task_id)
-            if not if_match_allows(if_match, current.etag):
-                raise PreconditionFailed(
-                    "If-Match does not match the task's current ETag.", headers={"ETag": current.etag}
-                )
+            current = await self._writable(task_id, if_match)
             params = {"owner": self.owner_id, "task_id": task_id, "seen_version": current.row["version"]}
             result = await self.connection.execute(_DELETE, params)
             if result.first() is not None:
