@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, cast
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from fastapi import Depends, Request
+import asyncpg
 from sqlalchemy import ClauseElement, DateTime, MetaData, event, exc
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -22,6 +25,9 @@ from sqlmodel import SQLModel
 
 from todo_api.config import Settings
 from todo_api.errors import Unavailable
+
+if TYPE_CHECKING:
+    from todo_api.events.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +86,11 @@ class DatabaseUrl:
     @property
     def is_sqlite(self) -> bool:
         return self.url.get_backend_name() == "sqlite"
+
+    def asyncpg_dsn(self) -> str:
+        """The URL as asyncpg itself takes it (no SQLAlchemy driver name or options)."""
+        query = {key: value for key, value in self.url.query.items() if key != "prepared_statement_cache_size"}
+        return self.url.set(drivername="postgresql", query=query).render_as_string(hide_password=False)
 
 
 def parse_database_url(raw: str, timeout: float = 5.0) -> DatabaseUrl:
@@ -153,92 +164,170 @@ def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
     return create_async_engine(parsed.url, pool_recycle=240, **options)
 
 
+Row = Mapping[str, Any]
+
+
+class Session(Protocol):
+    """One connection, held for the length of a request: a statement and its parameters in, the rows out.
+
+    Statements are built once, with bind parameters (SQLAlchemy Core over the SQLModel tables); per request only
+    the values change. `outbox` is where this session records events (None: events are off)."""
+
+    outbox: Outbox | None
+
+    async def fetch(self, statement: ClauseElement, params: Mapping[str, Any]) -> Sequence[Row]: ...
+
+
+_ASYNCPG = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
+
+
+@lru_cache(maxsize=512)
+def _compiled(statement: ClauseElement) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+    """SQL with `$n` placeholders, the parameter name of each, and the values of the statement's own literals
+    (such as the 0 of `coalesce(…, 0)`); built once per statement."""
+    sql = cast(SQLCompiler, statement.compile(dialect=_ASYNCPG))
+    literals = {name: bind.effective_value for name, bind in sql.binds.items() if not bind.required}
+    return sql.string, tuple(sql.positiontup or ()), literals
+
+
+class PostgresSession:
+    """Statements compiled once by SQLAlchemy and run by asyncpg itself: SQLAlchemy's execution and result
+    machinery (and its greenlet bridge) would be most of a request's CPU time."""
+
+    __slots__ = ("connection", "outbox")
+
+    def __init__(self, connection: asyncpg.Connection, outbox: Outbox | None) -> None:
+        self.connection = connection
+        self.outbox = outbox
+
+    async def fetch(self, statement: ClauseElement, params: Mapping[str, Any]) -> Sequence[Row]:
+        sql, names, literals = _compiled(statement)
+        values = [params[name] if name in params else literals[name] for name in names]
+        rows: Sequence[Row] = await self.connection.fetch(sql, *values)
+        return rows
+
+
+class SqlAlchemySession:
+    """The same on SQLite, through SQLAlchemy (aiosqlite)."""
+
+    __slots__ = ("connection", "outbox")
+
+    def __init__(self, connection: AsyncConnection, outbox: Outbox | None) -> None:
+        self.connection = connection
+        self.outbox = outbox
+
+    async def fetch(self, statement: ClauseElement, params: Mapping[str, Any]) -> Sequence[Row]:
+        result = await self.connection.execute(statement, params)  # type: ignore[call-overload]
+        return cast("Sequence[Row]", result.mappings().all() if result.returns_rows else ())
+
+
+async def _keep_session_state(_: asyncpg.Connection) -> None:
+    """asyncpg's default reset on release (RESET ALL, UNLISTEN, CLOSE ALL, …) costs a round trip per request, and
+    nothing here changes session state; an open transaction is still rolled back by asyncpg itself."""
+
+
+def _drop(connection: asyncpg.Connection) -> None:
+    with contextlib.suppress(asyncpg.InterfaceError):  # already closed and handed back by the pool itself
+        connection.terminate()
+
+
 class Database:
-    """The engine, behind a fair queue.
+    """Connections for requests: an asyncpg pool on PostgreSQL, a SQLAlchemy engine on SQLite.
 
-    SQLAlchemy's pool lets a newcomer take a connection that was just returned ahead of those already waiting,
-    which under load starves a few requests for seconds. A FIFO semaphore sized to the pool hands connections out
-    in arrival order, and bounds the wait: past `timeout` seconds the request gets a 503."""
+    Pools (asyncpg's and SQLAlchemy's alike) let a newcomer take a connection that was just returned ahead of those
+    already waiting, which under load starves a few requests for seconds. A FIFO semaphore sized to the pool hands
+    connections out in arrival order, and bounds the wait: past `timeout` seconds the request gets a 503."""
 
-    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
-        self.engine = engine
-        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")  # shares the pool
-        if parse_database_url(settings.database_url).pooled:
-            # PgBouncer in transaction mode (Debian's 1.18 has no max_prepared_statements) may hand the next round
-            # trip to another server connection once a statement is outside a transaction, and SQLAlchemy prepares
-            # and executes in two: "prepared statement … does not exist". Behind a pooler, reads keep to a
-            # transaction too.
-            self._autocommit = engine
-        self._slots = asyncio.Semaphore(settings.db_pool_size + settings.db_max_overflow)
+    def __init__(self, settings: Settings, outbox: Outbox | None = None, *, url: str | None = None) -> None:
+        self.url = parse_database_url(url or settings.database_url, settings.db_timeout)
+        self.outbox = outbox
+        self._settings = settings
         self._timeout = settings.db_timeout
+        self._pool: asyncpg.Pool | None = None
+        self._slots = asyncio.Semaphore(settings.db_pool_size + settings.db_max_overflow)
+        self.engine: AsyncEngine | None = None
+        if self.url.is_sqlite:
+            self.engine = create_engine(settings, url=url)
+            self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")  # shares the pool
+
+    async def start(self) -> None:
+        """Create the pool (no connection is opened yet: a database that is down now is retried on demand)."""
+        if self.url.is_sqlite:
+            return
+        args = {k: v for k, v in self.url.connect_args.items() if k != "prepared_statement_name_func"}
+        self._pool = await asyncpg.create_pool(
+            self.url.asyncpg_dsn(),
+            min_size=0,
+            max_size=self._settings.db_pool_size + self._settings.db_max_overflow,
+            # Closed when idle, under Neon's idle timeout: a suspended compute rarely hands back a dead socket.
+            max_inactive_connection_lifetime=240,
+            reset=_keep_session_state,
+            **args,
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+        if self.engine is not None:
+            await self.engine.dispose()
+
+    def session(self, *, write: bool) -> AbstractAsyncContextManager[Session]:
+        """A connection for one request. A write that also records an event runs in one transaction, committed on
+        success and rolled back on any error, so the change and its event stand or fall together. Every other
+        statement commits by itself: the services need no more (their writes are single conditional statements),
+        and BEGIN/COMMIT would be two more round trips."""
+        if self._pool is not None:
+            # Behind PgBouncer in transaction mode (Debian's 1.18 has no max_prepared_statements) asyncpg's
+            # prepare and execute may land on different server connections outside a transaction.
+            transaction = (write and self.outbox is not None) or self.url.pooled
+            return self._postgres(self._pool, transaction=transaction)
+        return self._sqlite(write=write)
 
     @asynccontextmanager
-    async def connection(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
-        """A write gets one transaction, committed on success and rolled back on any error; a read runs in
-        autocommit, as its single statement needs no BEGIN/COMMIT round trips."""
+    async def _postgres(self, pool: asyncpg.Pool, *, transaction: bool) -> AsyncIterator[Session]:
         try:
-            await asyncio.wait_for(self._slots.acquire(), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                await self._slots.acquire()
+                try:
+                    connection: asyncpg.Connection = await pool.acquire()
+                except BaseException:
+                    self._slots.release()
+                    raise
         except TimeoutError:
             raise Unavailable("The database is too busy or not answering.") from None
         try:
-            async with (self.engine if write else self._autocommit).connect() as connection:
-                transaction = await connection.begin() if write else None
+            if transaction:
+                await connection.execute("BEGIN")
+            yield PostgresSession(connection, self.outbox)
+            if transaction:
+                await connection.execute("COMMIT")
+        except BaseException as error:
+            if is_unavailable(error) or isinstance(error, asyncio.CancelledError):
+                # Never hand a connection that failed this way to the next request; and in a transaction, a database
+                # that timed out would make the rollback wait as long again (the server rolls back on its own when
+                # it sees the socket close).
+                _drop(connection)
+            elif transaction:
                 try:
-                    yield connection
-                    if transaction is not None:
-                        try:
-                            await transaction.commit()
-                        except BaseException:
-                            # A COMMIT that failed leaves the connection in a state nobody should inherit.
-                            await connection.invalidate()
-                            raise
-                except BaseException as error:
-                    if is_unavailable(error) and not connection.invalidated:
-                        # A database that timed out would make the rollback wait another DB_TIMEOUT: drop the
-                        # connection instead (the server rolls back when it sees the socket close).
-                        await connection.invalidate()
-                    raise  # closing the connection rolls back whatever is still open
+                    await connection.execute("ROLLBACK")
+                except Exception:
+                    _drop(connection)
+            raise
         finally:
-            self._slots.release()
+            try:
+                await pool.release(connection)
+            finally:
+                self._slots.release()
 
-
-async def get_connection(request: Request) -> AsyncIterator[AsyncConnection]:
-    """The request's connection, plain Core (no ORM session: every statement here is explicit and cheap)."""
-    database: Database = request.app.state.context.database
-    async with database.connection(write=request.method not in ("GET", "HEAD")) as connection:
-        yield connection
-
-
-_compiled_sql: dict[ClauseElement, tuple[str, tuple[str, ...], dict[str, Any]]] = {}
-
-
-async def fetch_all(
-    connection: AsyncConnection, statement: ClauseElement, params: Mapping[str, Any]
-) -> Sequence[Mapping[str, Any]]:
-    """The rows of a read-only statement, as mappings.
-
-    On PostgreSQL in autocommit (every read-only request), asyncpg runs the statement itself: SQLAlchemy compiles
-    it once, and each call skips SQLAlchemy's execution and result machinery, which is most of a read's CPU time.
-    Inside a transaction, or on SQLite, the statement goes through SQLAlchemy as usual."""
-    options = connection.sync_connection.get_execution_options() if connection.sync_connection else {}
-    if connection.dialect.driver != "asyncpg" or options.get("isolation_level") != "AUTOCOMMIT":
-        result = await connection.execute(statement, params)  # type: ignore[call-overload]
-        return cast("Sequence[Mapping[str, Any]]", result.mappings().all())
-    compiled = _compiled_sql.get(statement)
-    if compiled is None:
-        sql = cast(SQLCompiler, statement.compile(dialect=connection.dialect))
-        # The statement's own literals (e.g. the 0 of coalesce(…, 0)) are bound parameters with a value.
-        literals = {name: bind.effective_value for name, bind in sql.binds.items() if not bind.required}
-        compiled = _compiled_sql[statement] = (sql.string, tuple(sql.positiontup or ()), literals)
-    driver = (await connection.get_raw_connection()).driver_connection
-    assert driver is not None
-    sql_text, names, literals = compiled
-    values = [params[name] if name in params else literals[name] for name in names]
-    records: Sequence[Mapping[str, Any]] = await driver.fetch(sql_text, *values)
-    return records
-
-
-Connection = Annotated[AsyncConnection, Depends(get_connection, scope="function")]
+    @asynccontextmanager
+    async def _sqlite(self, *, write: bool) -> AsyncIterator[Session]:
+        assert self.engine is not None
+        async with (self.engine if write else self._autocommit).connect() as connection:
+            if not write:
+                yield SqlAlchemySession(connection, self.outbox)
+                return
+            async with connection.begin():
+                yield SqlAlchemySession(connection, self.outbox)
 
 
 # What "the database is not answering" looks like from SQLAlchemy, the drivers and the socket layer.
@@ -250,6 +339,7 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,  # refused, reset, unreachable, name not resolved
     asyncio.TimeoutError,
     sqlite3.OperationalError,
+    asyncpg.InternalClientError,  # a connection left mid-operation when the server went away
 )
 
 
@@ -276,3 +366,12 @@ def is_unavailable(error: BaseException) -> bool:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def unique_violation(error: BaseException) -> str | None:
+    """The text naming the unique index a statement violated (from SQLAlchemy or asyncpg), or None."""
+    if isinstance(error, exc.IntegrityError):
+        return str(error.orig)
+    if isinstance(error, asyncpg.UniqueViolationError):
+        return error.constraint_name or str(error)
+    return None

@@ -23,7 +23,7 @@ from todo_api.auth.service import Accounts
 from todo_api.auth.tokens import TokenService
 from todo_api.config import Settings, get_settings
 from todo_api.context import AppContext
-from todo_api.db import Database, create_engine, is_unavailable
+from todo_api.db import Database, is_unavailable, parse_database_url
 from todo_api.docs import install_openapi, problem_pages, problems
 from todo_api.errors import (
     ApiError,
@@ -47,13 +47,15 @@ from todo_api.ratelimit import Throttles
 from todo_api.tasks.router import router as tasks_router
 
 log = logging.getLogger(__name__)
+_PING = text("SELECT 1")
 
 
 def build_context(settings: Settings) -> AppContext:
     secret = settings.signing_secret()  # raises ConfigError before anything else starts
-    engine = create_engine(settings)
-    if settings.events_publisher != "none":
-        events.enable(engine, settings.events_source)  # record every change in the outbox
+    outbox = None
+    if settings.events_publisher != "none":  # record every change in the outbox
+        backend = "sqlite" if parse_database_url(settings.database_url).is_sqlite else "postgresql"
+        outbox = events.Outbox(settings.events_source, backend)
     jwks = None
     if settings.jwks_url:
         jwks = JwksVerifier(
@@ -64,7 +66,7 @@ def build_context(settings: Settings) -> AppContext:
         )
     return AppContext(
         settings=settings,
-        database=Database(engine, settings),
+        database=Database(settings, outbox),
         tokens=TokenService(settings, secret, jwks),
         accounts=Accounts(PasswordHasher(settings.bcrypt_rounds), Throttles(settings)),
         jwks=jwks,
@@ -80,11 +82,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await context.accounts.hasher.warm_up()
+        await context.database.start()
         if context.jwks is not None:
             await context.jwks.refresh()  # best effort: a JWKS that is down now is retried on demand
         async with inline_relay(settings):  # EVENTS_RELAY=inline: this worker relays the outbox too
             yield
-        await context.database.engine.dispose()
+        await context.database.close()
         context.accounts.hasher.close()
         if context.jwks is not None:
             await context.jwks.close()
@@ -100,6 +103,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         swagger_ui_parameters={"persistAuthorization": True},
         redirect_slashes=False,  # `/api/…/tasks/` is not a route: a 404 problem, not a redirect that skips auth
+        # FastAPI's native OpenTelemetry looks for configured providers on every request; this API ships no
+        # OpenTelemetry SDK, so the check is pure cost.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.context = context
     install_openapi(app)
@@ -118,8 +124,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def ready() -> JsonResponse:
         """Readiness: 200 when the database answers, else 503."""
         try:
-            async with asyncio.timeout(settings.db_timeout), context.database.engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
+            async with asyncio.timeout(settings.db_timeout), context.database.session(write=False) as session:
+                await session.fetch(_PING, {})
         except Exception as error:
             if not is_unavailable(error):
                 raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import httpx
@@ -15,8 +16,13 @@ def from_address(address: str) -> dict[str, str]:
     return {"X-Forwarded-For": address}
 
 
+_CLIENTS = itertools.count(random.randrange(1 << 23))
+
+
 def random_address() -> str:
-    return f"198.51.100.{random.randint(1, 254)}, 203.0.113.{random.randint(1, 254)}"
+    """An X-Forwarded-For whose client (the right-most address) no other call in this run has had."""
+    client = next(_CLIENTS)
+    return f"198.51.100.{random.randint(1, 254)}, 10.{client >> 16 & 255}.{client >> 8 & 255}.{client & 255}"
 
 
 async def fail_login(client: httpx.AsyncClient, username: str, address: str) -> httpx.Response:

@@ -10,8 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import Account, AppClient, create_task, signup_body
@@ -23,6 +22,8 @@ from tests.events.conftest import (
     stream_entries,
     wait_for_stream,
 )
+from todo_api.db import Session
+from todo_api.events import Outbox
 
 
 async def sign_up_with_body(client: httpx.AsyncClient) -> tuple[Account, dict[str, Any]]:
@@ -124,17 +125,20 @@ async def test_users_are_keyed_apart_and_each_keeps_its_order(
 def failing_after_the_outbox_insert(owner: Account) -> Iterator[list[str]]:
     """Make `owner`'s write transactions fail right after the statement that writes the outbox row."""
     failed: list[str] = []
+    record = Outbox.record
 
-    def after_execute(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if "INSERT INTO event_outbox" in statement and owner.id in str(parameters):
-            failed.append(statement)
+    async def record_then_fail(self: Outbox, session: Session, kind: str, subject: str, key: str, data: Any) -> Any:
+        event_ = await record(self, session, kind, subject, key, data)
+        if key == owner.id:
+            failed.append(kind)
             raise RuntimeError("injected failure after the outbox insert")
+        return event_
 
-    event.listen(Engine, "after_cursor_execute", after_execute)
+    Outbox.record = record_then_fail  # type: ignore[method-assign,assignment]
     try:
         yield failed
     finally:
-        event.remove(Engine, "after_cursor_execute", after_execute)
+        Outbox.record = record  # type: ignore[method-assign]
 
 
 @asynccontextmanager

@@ -23,7 +23,7 @@ from tests.events.conftest import (
     stream_entries,
     wait_for_stream,
 )
-from todo_api.db import utcnow
+from todo_api.db import SqlAlchemySession, utcnow
 from todo_api.events.models import outbox
 from todo_api.events.outbox import Outbox
 from todo_api.events.publishers import PendingEvent, Publisher
@@ -156,9 +156,12 @@ async def test_a_writer_waits_for_the_same_users_earlier_transaction(is_postgres
         await first.begin()
         await second.begin()
         await other.begin()
-        await recorder.record(first, "task.created", "a", "owner-x", {"n": 1})
-        blocked = asyncio.create_task(recorder.record(second, "task.created", "b", "owner-x", {"n": 2}))
-        await recorder.record(other, "task.created", "c", "owner-y", {"n": 3})  # another owner: no wait
+        await recorder.record(SqlAlchemySession(first, None), "task.created", "a", "owner-x", {"n": 1})
+        blocked = asyncio.create_task(
+            recorder.record(SqlAlchemySession(second, None), "task.created", "b", "owner-x", {"n": 2})
+        )
+        # another owner: no wait
+        await recorder.record(SqlAlchemySession(other, None), "task.created", "c", "owner-y", {"n": 3})
         await other.commit()
         await asyncio.sleep(0.3)
         assert not blocked.done()  # owner-x's second write waits for the first to finish
@@ -176,7 +179,7 @@ async def test_published_events_are_pruned_after_the_retention_period(
     recorder = Outbox("test", db.dialect.name)
     async with db.begin() as connection:
         for kind in ("old", "recent", "pending"):
-            await recorder.record(connection, f"task.{kind}", kind, "owner-prune", {})
+            await recorder.record(SqlAlchemySession(connection, None), f"task.{kind}", kind, "owner-prune", {})
     async with db.begin() as connection:
         now = utcnow()
         for kind, published in (("old", now - timedelta(days=8)), ("recent", now - timedelta(days=6))):

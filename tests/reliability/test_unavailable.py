@@ -1,11 +1,11 @@
 """Which errors mean "the database cannot serve us now" (503 and a dropped connection) rather than a bug (500).
 
 The fault tests prove it with a real PostgreSQL; these pin down the classification itself, without one: errors as
-SQLAlchemy wraps them, and as asyncpg raises them to the reads that run on asyncpg directly."""
+SQLAlchemy wraps them, and as asyncpg raises them to the statements that run on asyncpg directly."""
 
 from __future__ import annotations
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import pytest
 from sqlalchemy import exc
 

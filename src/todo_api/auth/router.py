@@ -7,7 +7,6 @@ from todo_api.auth.schemas import LoginIn, MeOut, SignupIn, TokenOut
 from todo_api.auth.service import Account, find_account
 from todo_api.clients import client_address
 from todo_api.context import AppContext, ContextDep
-from todo_api.db import Connection
 from todo_api.docs import problems
 from todo_api.http import JsonResponse, parse_body, request_body_doc
 
@@ -38,12 +37,13 @@ def token_response(context: AppContext, user: Account, status_code: int) -> Json
     responses=problems(400, 409, 429, 503),
     openapi_extra=request_body_doc(SignupIn),
 )
-async def signup(request: Request, context: ContextDep, connection: Connection) -> JsonResponse:
+async def signup(request: Request, context: ContextDep) -> JsonResponse:
     """Create an account and get a token for it."""
     client = client_address(request, context.settings.trusted_proxies)
     await context.accounts.throttles.signup.take(client)
     data = await parse_body(request, SignupIn)
-    user = await context.accounts.signup(connection, data)
+    async with context.database.session(write=True) as session:
+        user = await context.accounts.signup(session, data)
     return token_response(context, user, status.HTTP_201_CREATED)
 
 
@@ -53,18 +53,20 @@ async def signup(request: Request, context: ContextDep, connection: Connection) 
     responses=problems(400, 401, 429, 503),
     openapi_extra=request_body_doc(LoginIn),
 )
-async def login(request: Request, context: ContextDep, connection: Connection) -> JsonResponse:
+async def login(request: Request, context: ContextDep) -> JsonResponse:
     """Exchange a username (or email) and password for a token."""
     data = await parse_body(request, LoginIn)
     client = client_address(request, context.settings.trusted_proxies)
-    user = await context.accounts.login(connection, data, client)
+    async with context.database.session(write=False) as session:
+        user = await context.accounts.login(session, data, client)
     return token_response(context, user, status.HTTP_200_OK)
 
 
 @router.get("/me", response_model=MeOut, responses=problems(401, 503))
-async def me(principal: CurrentPrincipal, connection: Connection) -> JsonResponse:
+async def me(principal: CurrentPrincipal, context: ContextDep) -> JsonResponse:
     """Who the token belongs to; its `id` is the `user_id` for task paths."""
-    user = await find_account(connection, principal.sub)
+    async with context.database.session(write=False) as session:
+        user = await find_account(session, principal.sub)
     if user is not None:
         return JsonResponse({"id": user.id, "username": user.username, "email": user.email})
     # A Better Auth user (or a frontend-minted token): what the token itself says.

@@ -6,15 +6,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, func, insert, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import bindparam, func, insert, select
 
 from todo_api import events
 from todo_api.auth.models import users
 from todo_api.auth.passwords import PasswordHasher
 from todo_api.auth.schemas import LoginIn, SignupIn, normalized_email
-from todo_api.db import utcnow
+from todo_api.db import Row, Session, unique_violation, utcnow
 from todo_api.errors import Conflict, Unauthorized
 from todo_api.ratelimit import Throttles
 
@@ -28,11 +26,22 @@ class Account:
 
 
 PUBLIC_COLUMNS = (users.c.id, users.c.username, users.c.email, users.c.created_at)
+_USERNAME_TAKEN = func.lower(users.c.username) == bindparam("username")  # the lower-cased name
+_EMAIL_TAKEN = users.c.email == bindparam("email")  # emails are stored lower-cased
+_BY_ID = select(*PUBLIC_COLUMNS).where(users.c.id == bindparam("user_id"))
+_BY_USERNAME = select(*PUBLIC_COLUMNS, users.c.password_hash).where(_USERNAME_TAKEN)
+_BY_EMAIL = select(*PUBLIC_COLUMNS, users.c.password_hash).where(_EMAIL_TAKEN)
+_TAKEN = select(_USERNAME_TAKEN.label("username_taken")).where(_USERNAME_TAKEN | _EMAIL_TAKEN)
+_INSERT = insert(users)
 
 
-async def find_account(connection: AsyncConnection, user_id: str) -> Account | None:
-    row = (await connection.execute(select(*PUBLIC_COLUMNS).where(users.c.id == user_id))).first()
-    return Account(*row) if row else None
+def _account(row: Row) -> Account:
+    return Account(row["id"], row["username"], row["email"], row["created_at"])
+
+
+async def find_account(session: Session, user_id: str) -> Account | None:
+    rows = await session.fetch(_BY_ID, {"user_id": user_id})
+    return _account(rows[0]) if rows else None
 
 
 @dataclass(frozen=True)
@@ -40,49 +49,47 @@ class Accounts:
     hasher: PasswordHasher
     throttles: Throttles
 
-    async def signup(self, connection: AsyncConnection, data: SignupIn) -> Account:
-        await self._ensure_free(connection, data)
+    async def signup(self, session: Session, data: SignupIn) -> Account:
+        await self._ensure_free(session, data)
         account = Account(str(uuid.uuid4()), data.username, data.email, utcnow())
         password_hash = await self.hasher.hash(data.password)
+        values = {
+            "id": account.id,
+            "username": account.username,
+            "email": account.email,
+            "password_hash": password_hash,
+            "created_at": account.created_at,
+        }
         try:
-            await connection.execute(
-                insert(users).values(
-                    id=account.id,
-                    username=account.username,
-                    email=account.email,
-                    password_hash=password_hash,
-                    created_at=account.created_at,
-                )
-            )
-        except IntegrityError as error:
+            await session.fetch(_INSERT, values)
+        except Exception as error:
+            if (index := unique_violation(error)) is None:
+                raise
             # Lost a race with a concurrent signup: the unique index named in the error says which field.
-            field = "username" if "username" in str(error.orig) else "email"
+            field = "username" if "username" in index else "email"
             raise Conflict(["body", field], f"This {field} is already taken.") from None
-        await events.user_signed_up(connection, account)
+        await events.user_signed_up(session, account)
         return account
 
-    async def _ensure_free(self, connection: AsyncConnection, data: SignupIn) -> None:
-        username_taken = func.lower(users.c.username) == data.username.lower()
-        email_taken = users.c.email == data.email
-        taken = await connection.execute(select(username_taken, email_taken).where(username_taken | email_taken))
-        for same_username, _ in taken:
-            field = "username" if same_username else "email"
+    async def _ensure_free(self, session: Session, data: SignupIn) -> None:
+        taken = await session.fetch(_TAKEN, {"username": data.username.lower(), "email": data.email})
+        if taken:
+            field = "username" if taken[0]["username_taken"] else "email"
             raise Conflict(["body", field], f"This {field} is already taken.")
 
-    async def login(self, connection: AsyncConnection, data: LoginIn, client: str) -> Account:
+    async def login(self, session: Session, data: LoginIn, client: str) -> Account:
         """The account these credentials open; 429 before any bcrypt work once failures pile up."""
         identifier = data.identifier
         await self.throttles.login_ip.check(client)
         await self.throttles.login.check(client, identifier)
-        match: ColumnElement[bool]
         if data.email is not None or "@" in identifier:
-            match = users.c.email == normalized_email(identifier)
+            rows = await session.fetch(_BY_EMAIL, {"email": normalized_email(identifier)})
         else:
-            match = func.lower(users.c.username) == identifier
-        row = (await connection.execute(select(*PUBLIC_COLUMNS, users.c.password_hash).where(match))).first()
-        if await self.hasher.verify(data.password, row.password_hash if row else None):
+            rows = await session.fetch(_BY_USERNAME, {"username": identifier})
+        row = rows[0] if rows else None
+        if await self.hasher.verify(data.password, row["password_hash"] if row else None):
             assert row is not None
-            return Account(row.id, row.username, row.email, row.created_at)
+            return _account(row)
         await self.throttles.login_ip.spend(client)
         await self.throttles.login.spend(client, identifier)
         raise Unauthorized("Invalid username, email or password.", token_sent=False)

@@ -1,8 +1,8 @@
 """Recording events: one outbox row per change, inserted by the transaction that makes the change.
 
 The services call `task_created`, `task_changed`, `task_deleted` and `user_signed_up` right after their write,
-as the last statement of the request's transaction. With `EVENTS_PUBLISHER=none` no outbox is registered for the
-engine and each call is a dictionary look-up: no SQL, no serialization.
+as the last statement of the request's transaction. With `EVENTS_PUBLISHER=none` the database has no outbox and
+each call returns at once: no SQL, no serialization.
 
 Per-user commit order, which the relay relies on (see `todo_api.events.relay`):
 
@@ -21,16 +21,13 @@ Per-user commit order, which the relay relies on (see `todo_api.events.relay`):
 from __future__ import annotations
 
 import uuid
-import weakref
 from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
-from sqlalchemy import Executable, Uuid, bindparam, insert, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.pool import Pool
+from sqlalchemy import ClauseElement, Uuid, bindparam, insert, text
 
-from todo_api.db import UTCDateTime, utcnow
+from todo_api.db import Session, UTCDateTime, utcnow
 from todo_api.events.models import outbox
 
 SPECVERSION = "1.0"
@@ -81,7 +78,7 @@ class Outbox:
 
     def __init__(self, source: str, dialect: str) -> None:
         self.source = source
-        self._insert: Executable = _INSERT_POSTGRES if dialect == "postgresql" else _INSERT_SQLITE
+        self._insert: ClauseElement = _INSERT_POSTGRES if dialect == "postgresql" else _INSERT_SQLITE
 
     def cloud_event(self, kind: str, subject: str, owner: str, data: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -97,10 +94,10 @@ class Outbox:
         }
 
     async def record(
-        self, connection: AsyncConnection, kind: str, subject: str, owner: str, data: dict[str, Any]
+        self, session: Session, kind: str, subject: str, owner: str, data: dict[str, Any]
     ) -> dict[str, Any]:
         event = self.cloud_event(kind, subject, owner, data)
-        await connection.execute(
+        await session.fetch(
             self._insert,
             {
                 "event_id": uuid.UUID(event["id"]),
@@ -113,54 +110,35 @@ class Outbox:
         return event
 
 
-# One Outbox per connection pool (an engine and its execution-option variants share the pool).
-_outboxes: weakref.WeakKeyDictionary[Pool, Outbox] = weakref.WeakKeyDictionary()
-
-
-def enable(engine: AsyncEngine, source: str) -> Outbox:
-    """Record events for every write made through this engine."""
-    recorder = Outbox(source, engine.dialect.name)
-    _outboxes[engine.sync_engine.pool] = recorder
-    return recorder
-
-
-def disable(engine: AsyncEngine) -> None:
-    _outboxes.pop(engine.sync_engine.pool, None)
-
-
-def outbox_for(connection: AsyncConnection) -> Outbox | None:
-    return _outboxes.get(connection.sync_engine.pool)
-
-
-async def task_created(connection: AsyncConnection, task: TaskLike) -> None:
-    if (recorder := _outboxes.get(connection.sync_engine.pool)) is not None:
+async def task_created(session: Session, task: TaskLike) -> None:
+    if (recorder := session.outbox) is not None:
         data = task.public()
-        await recorder.record(connection, "task.created", data["id"], data["user_id"], data)
+        await recorder.record(session, "task.created", data["id"], data["user_id"], data)
 
 
-async def task_changed(connection: AsyncConnection, before: TaskLike, after: TaskLike) -> None:
+async def task_changed(session: Session, before: TaskLike, after: TaskLike) -> None:
     """`completed`/`reopened` when `completed` is all that changed, else `updated`."""
-    if (recorder := _outboxes.get(connection.sync_engine.pool)) is not None:
+    if (recorder := session.outbox) is not None:
         old, data = before.public(), after.public()
         changed = {name for name, value in data.items() if name != "updated_at" and old.get(name) != value}
         kind = "task.updated"
         if changed == {"completed"}:
             kind = "task.completed" if data["completed"] else "task.reopened"
-        await recorder.record(connection, kind, data["id"], data["user_id"], data)
+        await recorder.record(session, kind, data["id"], data["user_id"], data)
 
 
-async def task_deleted(connection: AsyncConnection, last_state: TaskLike) -> None:
-    if (recorder := _outboxes.get(connection.sync_engine.pool)) is not None:
+async def task_deleted(session: Session, last_state: TaskLike) -> None:
+    if (recorder := session.outbox) is not None:
         data = last_state.public()
-        await recorder.record(connection, "task.deleted", data["id"], data["user_id"], data)
+        await recorder.record(session, "task.deleted", data["id"], data["user_id"], data)
 
 
-async def user_signed_up(connection: AsyncConnection, account: AccountLike) -> None:
-    if (recorder := _outboxes.get(connection.sync_engine.pool)) is not None:
+async def user_signed_up(session: Session, account: AccountLike) -> None:
+    if (recorder := session.outbox) is not None:
         data = {
             "id": account.id,
             "username": account.username,
             "email": account.email,
             "created_at": account.created_at.isoformat(timespec="microseconds"),
         }
-        await recorder.record(connection, "user.signed_up", account.id, account.id, data)
+        await recorder.record(session, "user.signed_up", account.id, account.id, data)

@@ -1,15 +1,29 @@
+"""The task routes. Each one checks the caller (401, 403), then parses path, query and body (400), and only then
+takes a database connection; parameters are documented from the same models they are parsed with."""
+
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
+from fastapi import APIRouter, Request, status
+from pydantic import TypeAdapter
 
-from todo_api.auth.deps import OwnerId
-from todo_api.db import Connection
+from todo_api.auth.deps import path_owner
 from todo_api.docs import problems
-from todo_api.http import JsonResponse, read_json_object, request_body_doc, validate
+from todo_api.http import (
+    JsonResponse,
+    parameter_doc,
+    parse_path,
+    parse_query,
+    query_doc,
+    read_json_object,
+    request_body_doc,
+    validate,
+)
 from todo_api.tasks.schemas import (
     READ_ONLY_FIELDS,
     ListQuery,
@@ -23,21 +37,35 @@ from todo_api.tasks.service import TaskService, TaskState
 
 router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"])
 
-TaskId = Annotated[uuid.UUID, Path(description="The task's id (a UUID).")]
-IfMatch = Annotated[
-    str | None,
-    Header(description="ETag(s) the task must still have (RFC 9110), or `*`; otherwise 412 and no change."),
-]
+_USER_ID = parameter_doc(
+    "user_id", "path", "The owner's id: the token's `sub`, as `GET /api/auth/me` gives it.", {"type": "string"}, True
+)
+_TASK_ID = parameter_doc("task_id", "path", "The task's id (a UUID).", {"type": "string", "format": "uuid"}, True)
+_IF_MATCH = parameter_doc(
+    "If-Match",
+    "header",
+    "ETag(s) the task must still have (RFC 9110), or `*`; otherwise 412 and no change.",
+    {"type": "string"},
+    False,
+)
+_TASK_IDS = TypeAdapter(uuid.UUID)
 
 
-async def get_service(owner_id: OwnerId, connection: Connection) -> TaskService:
-    return TaskService(connection, owner_id)
+def _doc(*parameters: dict[str, Any], body: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"parameters": list(parameters), **(body or {})}
 
 
-Service = Annotated[TaskService, Depends(get_service)]
+@asynccontextmanager
+async def _tasks(request: Request, owner_id: str, *, write: bool) -> AsyncIterator[TaskService]:
+    async with request.app.state.context.database.session(write=write) as session:
+        yield TaskService(session, owner_id)
 
 
-async def task_fields(request: Request, model: type[TaskWrite | TaskPatch | TaskCompletion]) -> dict[str, object]:
+def _task_id(request: Request) -> uuid.UUID:
+    return parse_path(request, "task_id", _TASK_IDS)
+
+
+async def _fields(request: Request, model: type[TaskWrite | TaskPatch | TaskCompletion]) -> dict[str, object]:
     """The editable fields the body sets; read-only ones (id, user_id, timestamps) are dropped, whatever they hold."""
     data = await read_json_object(request, empty={} if model is TaskCompletion else None)
     for name in READ_ONLY_FIELDS & data.keys():
@@ -46,7 +74,7 @@ async def task_fields(request: Request, model: type[TaskWrite | TaskPatch | Task
     return body.model_dump(include=body.model_fields_set if model is TaskPatch else None)
 
 
-def task_response(task: TaskState, status_code: int = status.HTTP_200_OK, **headers: str) -> JsonResponse:
+def _task_response(task: TaskState, status_code: int = status.HTTP_200_OK, **headers: str) -> JsonResponse:
     return JsonResponse(task.public(), status_code=status_code, headers={"ETag": task.etag, **headers})
 
 
@@ -55,64 +83,100 @@ def task_response(task: TaskState, status_code: int = status.HTTP_200_OK, **head
     status_code=status.HTTP_201_CREATED,
     response_model=TaskOut,
     responses=problems(400, 401, 403, 503),
-    openapi_extra=request_body_doc(TaskWrite),
+    openapi_extra=_doc(_USER_ID, body=request_body_doc(TaskWrite)),
 )
-async def create_task(service: Service, request: Request) -> JsonResponse:
+async def create_task(request: Request) -> JsonResponse:
     """Create a task; `completed` defaults to false."""
-    task = await service.create(await task_fields(request, TaskWrite))
-    location = f"/api/{quote(service.owner_id, safe='')}/tasks/{task.row['id']}"
-    return task_response(task, status.HTTP_201_CREATED, Location=location)
+    owner_id = await path_owner(request)
+    fields = await _fields(request, TaskWrite)
+    async with _tasks(request, owner_id, write=True) as tasks:
+        task = await tasks.create(fields)
+    location = f"/api/{quote(owner_id, safe='')}/tasks/{task.row['id']}"
+    return _task_response(task, status.HTTP_201_CREATED, Location=location)
 
 
-@router.get("", response_model=TaskPage, responses=problems(400, 401, 403, 503))
-async def list_tasks(service: Service, query: Annotated[ListQuery, Query()]) -> JsonResponse:
+@router.get(
+    "",
+    response_model=TaskPage,
+    responses=problems(400, 401, 403, 503),
+    openapi_extra=_doc(_USER_ID, *query_doc(ListQuery)),
+)
+async def list_tasks(request: Request) -> JsonResponse:
     """A page of your tasks, newest first unless asked otherwise."""
-    return JsonResponse((await service.list(query)).public())
+    owner_id = await path_owner(request)
+    query = parse_query(request, ListQuery)
+    async with _tasks(request, owner_id, write=False) as tasks:
+        page = await tasks.list(query)
+    return JsonResponse(page.public())
 
 
-@router.get("/{task_id}", response_model=TaskOut, responses=problems(400, 401, 403, 404, 503))
-async def get_task(service: Service, task_id: TaskId) -> JsonResponse:
+@router.get(
+    "/{task_id}",
+    response_model=TaskOut,
+    responses=problems(400, 401, 403, 404, 503),
+    openapi_extra=_doc(_USER_ID, _TASK_ID),
+)
+async def get_task(request: Request) -> JsonResponse:
     """One task."""
-    return task_response(await service.get(task_id))
+    owner_id = await path_owner(request)
+    task_id = _task_id(request)
+    async with _tasks(request, owner_id, write=False) as tasks:
+        task = await tasks.get(task_id)
+    return _task_response(task)
+
+
+async def _change(request: Request, model: type[TaskWrite | TaskPatch | TaskCompletion]) -> JsonResponse:
+    owner_id = await path_owner(request)
+    task_id = _task_id(request)
+    fields = await _fields(request, model)
+    async with _tasks(request, owner_id, write=True) as tasks:
+        task = await tasks.change(task_id, fields, request.headers.get("if-match"))
+    return _task_response(task)
 
 
 @router.put(
     "/{task_id}",
     response_model=TaskOut,
     responses=problems(400, 401, 403, 404, 412, 503),
-    openapi_extra=request_body_doc(TaskWrite),
+    openapi_extra=_doc(_USER_ID, _TASK_ID, _IF_MATCH, body=request_body_doc(TaskWrite)),
 )
-async def replace_task(service: Service, task_id: TaskId, request: Request, if_match: IfMatch = None) -> JsonResponse:
+async def replace_task(request: Request) -> JsonResponse:
     """Replace a task: absent `description` becomes null, absent `completed` false."""
-    fields = await task_fields(request, TaskWrite)
-    return task_response(await service.change(task_id, fields, if_match))
+    return await _change(request, TaskWrite)
 
 
 @router.patch(
     "/{task_id}",
     response_model=TaskOut,
     responses=problems(400, 401, 403, 404, 412, 503),
-    openapi_extra=request_body_doc(TaskPatch),
+    openapi_extra=_doc(_USER_ID, _TASK_ID, _IF_MATCH, body=request_body_doc(TaskPatch)),
 )
-async def update_task(service: Service, task_id: TaskId, request: Request, if_match: IfMatch = None) -> JsonResponse:
+async def update_task(request: Request) -> JsonResponse:
     """Change some fields of a task; `{}` changes nothing."""
-    fields = await task_fields(request, TaskPatch)
-    return task_response(await service.change(task_id, fields, if_match))
+    return await _change(request, TaskPatch)
 
 
 @router.patch(
     "/{task_id}/complete",
     response_model=TaskOut,
     responses=problems(400, 401, 403, 404, 412, 503),
-    openapi_extra=request_body_doc(TaskCompletion, required=False),
+    openapi_extra=_doc(_USER_ID, _TASK_ID, _IF_MATCH, body=request_body_doc(TaskCompletion, required=False)),
 )
-async def complete_task(service: Service, task_id: TaskId, request: Request, if_match: IfMatch = None) -> JsonResponse:
+async def complete_task(request: Request) -> JsonResponse:
     """Mark a task done (no body, or `{}`), or open again with `{"completed": false}`. Idempotent."""
-    fields = await task_fields(request, TaskCompletion)
-    return task_response(await service.change(task_id, fields, if_match))
+    return await _change(request, TaskCompletion)
 
 
-@router.delete("/{task_id}", response_model=TaskOut, responses=problems(400, 401, 403, 404, 412, 503))
-async def delete_task(service: Service, task_id: TaskId, if_match: IfMatch = None) -> JsonResponse:
+@router.delete(
+    "/{task_id}",
+    response_model=TaskOut,
+    responses=problems(400, 401, 403, 404, 412, 503),
+    openapi_extra=_doc(_USER_ID, _TASK_ID, _IF_MATCH),
+)
+async def delete_task(request: Request) -> JsonResponse:
     """Delete a task for good; the answer is the task as it was."""
-    return task_response(await service.delete(task_id, if_match))
+    owner_id = await path_owner(request)
+    task_id = _task_id(request)
+    async with _tasks(request, owner_id, write=True) as tasks:
+        task = await tasks.delete(task_id, request.headers.get("if-match"))
+    return _task_response(task)

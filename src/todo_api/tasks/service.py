@@ -9,13 +9,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
     ColumnElement,
-    Row,
     Select,
+    Update,
     asc,
     bindparam,
     case,
@@ -23,15 +23,15 @@ from sqlalchemy import (
     desc,
     func,
     insert,
+    or_,
     select,
     true,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import BindParameter
 
 from todo_api import events
-from todo_api.db import fetch_all, utcnow
+from todo_api.db import Row, Session, utcnow
 from todo_api.errors import NotFound, PreconditionFailed
 from todo_api.tasks.models import task_counts, tasks
 from todo_api.tasks.schemas import ListQuery
@@ -110,10 +110,6 @@ class Page:
         }
 
 
-def _state(row: Row[*tuple[Any, ...]]) -> TaskState:
-    return TaskState(cast("Mapping[str, Any]", row._mapping))
-
-
 def _next_timestamp(previous: datetime) -> datetime:
     # updated_at must move on every change, even two changes within one clock tick.
     return max(utcnow(), previous + timedelta(microseconds=1))
@@ -143,6 +139,26 @@ _DELETE = (
     .where(tasks.c.user_id == OWNER, tasks.c.id == TASK_ID, tasks.c.version == bindparam("seen_version"))
     .returning(tasks.c.id)
 )
+_DELETE_NOW = delete(tasks).where(tasks.c.user_id == OWNER, tasks.c.id == TASK_ID).returning(*PUBLIC_COLUMNS)
+
+
+@lru_cache(maxsize=8)
+def _change_statement(fields: frozenset[str]) -> Update:
+    """A change in one round trip, with no read first: the UPDATE writes only when one of `fields` differs (a
+    write that changes nothing writes nothing) and the stored `updated_at` is before the new one (so it always
+    moves forward). When it writes nothing, the caller takes the general way. Parameters: owner, task_id,
+    new_<field> for each field, title_key (with title), now."""
+    values: dict[str, Any] = {name: bindparam(f"new_{name}") for name in fields}
+    if "title" in fields:
+        values["title_key"] = bindparam("title_key")
+    differs = or_(*(tasks.c[name].is_distinct_from(bindparam(f"new_{name}")) for name in sorted(fields)))
+    moment: BindParameter[datetime] = bindparam("now", type_=tasks.c.updated_at.type)
+    return (
+        update(tasks)
+        .where(tasks.c.user_id == OWNER, tasks.c.id == TASK_ID, tasks.c.updated_at < moment, differs)
+        .values(**values, updated_at=moment, version=tasks.c.version + 1)
+        .returning(*PUBLIC_COLUMNS)
+    )
 
 
 @lru_cache(maxsize=64)
@@ -193,9 +209,13 @@ def _like_pattern(text: str) -> str:
 
 
 class TaskService:
-    def __init__(self, connection: AsyncConnection, owner_id: str) -> None:
-        self.connection = connection
+    def __init__(self, session: Session, owner_id: str) -> None:
+        self.session = session
         self.owner_id = owner_id
+
+    async def _one(self, statement: Any, params: Mapping[str, Any]) -> Row | None:
+        rows = await self.session.fetch(statement, params)
+        return rows[0] if rows else None
 
     async def create(self, fields: Mapping[str, Any]) -> TaskState:
         now = utcnow()
@@ -210,16 +230,16 @@ class TaskService:
             "created_at": now,
             "updated_at": now,
         }
-        await self.connection.execute(_INSERT, values)
+        await self.session.fetch(_INSERT, values)
         task = TaskState(values)
-        await events.task_created(self.connection, task)  # the transaction's last statement (see events)
+        await events.task_created(self.session, task)  # the transaction's last statement (see events)
         return task
 
     async def get(self, task_id: uuid.UUID) -> TaskState:
-        rows = await fetch_all(self.connection, _GET, {"owner": self.owner_id, "task_id": task_id})
-        if not rows:
+        row = await self._one(_GET, {"owner": self.owner_id, "task_id": task_id})
+        if row is None:
             raise NotFound("Task not found.")
-        return TaskState(rows[0])
+        return TaskState(row)
 
     async def list(self, query: ListQuery) -> Page:
         completion = query.completion
@@ -233,7 +253,7 @@ class TaskService:
             params["completed"] = completion
         if query.q:
             params["pattern"] = _like_pattern(query.q)
-        rows = await fetch_all(self.connection, statement, params)
+        rows = await self.session.fetch(statement, params)
         total = rows[0]["total"] if rows else 0
         items = [TaskState(row) for row in rows if row["id"] is not None]
         return Page(items, total, query.page, query.page_size)
@@ -250,38 +270,50 @@ class TaskService:
 
         A write that changes nothing writes nothing. Concurrent writers are serialised by the version check in
         the UPDATE itself, so of two carrying the same ETag exactly one wins."""
+        if changes and if_match is None and self.session.outbox is None:
+            # The common case needs no read first (the event of a change, when recorded, needs the state before).
+            params = {f"new_{name}": value for name, value in changes.items()}
+            if "title" in changes:
+                params["title_key"] = changes["title"].lower()
+            params.update(owner=self.owner_id, task_id=task_id, now=utcnow())
+            row = await self._one(_change_statement(frozenset(changes)), params)
+            if row is not None:
+                return TaskState(row)
+            # Nothing written: no such task, nothing to change, or a clock behind; the general way sorts it out.
         for _ in range(_MAX_WRITE_ATTEMPTS):
             current = await self._writable(task_id, if_match)
             if all(current.row[name] == value for name, value in changes.items()):
                 return current
             state = {name: changes.get(name, current.row[name]) for name in EDITABLE}
-            row = (
-                await self.connection.execute(
-                    _WRITE,
-                    {
-                        **state,
-                        "title_key": state["title"].lower(),
-                        "updated_at": _next_timestamp(current.row["updated_at"]),
-                        "version": current.row["version"] + 1,
-                        "owner": self.owner_id,
-                        "task_id": task_id,
-                        "seen_version": current.row["version"],
-                    },
-                )
-            ).first()
+            row = await self._one(
+                _WRITE,
+                {
+                    **state,
+                    "title_key": state["title"].lower(),
+                    "updated_at": _next_timestamp(current.row["updated_at"]),
+                    "version": current.row["version"] + 1,
+                    "owner": self.owner_id,
+                    "task_id": task_id,
+                    "seen_version": current.row["version"],
+                },
+            )
             if row is not None:
-                changed = _state(row)
-                await events.task_changed(self.connection, current, changed)
+                changed = TaskState(row)
+                await events.task_changed(self.session, current, changed)
                 return changed
             # Someone else wrote first: read again, and let If-Match (if any) judge the new state.
         raise PreconditionFailed("The task kept changing; try again.")
 
     async def delete(self, task_id: uuid.UUID, if_match: str | None) -> TaskState:
+        if if_match is None and self.session.outbox is None:
+            row = await self._one(_DELETE_NOW, {"owner": self.owner_id, "task_id": task_id})
+            if row is None:
+                raise NotFound("Task not found.")
+            return TaskState(row)
         for _ in range(_MAX_WRITE_ATTEMPTS):
             current = await self._writable(task_id, if_match)
             params = {"owner": self.owner_id, "task_id": task_id, "seen_version": current.row["version"]}
-            result = await self.connection.execute(_DELETE, params)
-            if result.first() is not None:
-                await events.task_deleted(self.connection, current)
+            if await self._one(_DELETE, params) is not None:
+                await events.task_deleted(self.session, current)
                 return current
         raise PreconditionFailed("The task kept changing; try again.")
