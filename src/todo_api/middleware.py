@@ -1,10 +1,10 @@
-"""Pure ASGI middleware, outermost first: request ids, CORS, the last-resort 500, and the body-size limit."""
+"""Pure ASGI middleware, outermost first: request ids, CORS, then the body-size limit and the last-resort 500."""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
 from contextvars import ContextVar
 
 from starlette.datastructures import Headers
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
-_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
 class RequestIdFilter(logging.Filter):
@@ -39,10 +39,13 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        offered = Headers(scope=scope).get("x-request-id")
-        request_id = offered if offered and _VALID_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
-        token = request_id_var.set(request_id)
-        extra = [(b"x-request-id", request_id.encode()), (b"x-content-type-options", b"nosniff")]
+        offered = next((value for name, value in scope["headers"] if name == b"x-request-id"), None)
+        if offered is not None and _VALID_REQUEST_ID.fullmatch(offered):
+            raw_id = offered
+        else:
+            raw_id = os.urandom(16).hex().encode()
+        token = request_id_var.set(raw_id.decode())
+        extra = [(b"x-request-id", raw_id), (b"x-content-type-options", b"nosniff")]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -74,18 +77,35 @@ class _BadPreflight(ApiError):
     status, slug, title = 400, "validation", "Invalid Request"
 
 
-class LastResortMiddleware:
-    """Turns anything unhandled into a problem+json 500 that says nothing internal, and logs the traceback.
+class GuardMiddleware:
+    """413 for bodies over the limit, declared or chunked, without ever holding more than the limit; and anything
+    unhandled turned into a problem+json 500 that says nothing internal (the traceback goes to the log), or a 503
+    when it means the database is not answering.
 
-    It sits inside CORS and the request-id layer, so even a 500 carries their headers."""
+    It sits inside CORS and the request-id layer, so even a 500 carries their headers. One layer, not two: every
+    layer costs each request a coroutine and a wrapped `send`."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
         self.app = app
+        self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+            if declared is not None:
+                if not declared.isdigit() or int(declared) > self.limit:
+                    await self._too_large(scope, receive, send)
+                    return
+            else:
+                # No length declared (chunked): read up to the limit now, so 413 is decided before auth runs.
+                body = await self._read_up_to_limit(receive)
+                if body is None:
+                    await self._too_large(scope, receive, send)
+                    return
+                receive = _replay(body, receive)
         started = False
 
         async def tracking_send(message: Message) -> None:
@@ -108,26 +128,8 @@ class LastResortMiddleware:
             if not started:
                 await response(scope, receive, send)
 
-
-class BodyLimitMiddleware:
-    """413 for bodies over the limit, declared or chunked, without ever holding more than the limit."""
-
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
-        declared = Headers(scope=scope).get("content-length")
-        if declared is not None:
-            if not declared.isdigit() or int(declared) > self.limit:
-                await self._too_large(scope, receive, send)
-                return
-            await self.app(scope, receive, send)
-            return
-        # No length declared (chunked): read up to the limit now, so 413 is decided before auth runs.
+    async def _read_up_to_limit(self, receive: Receive) -> bytes | None:
+        """The whole body, or None as soon as it passes the limit."""
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -137,24 +139,27 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                await self._too_large(scope, receive, send)
-                return
+                return None
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        return b"".join(chunks)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = PayloadTooLarge(f"The request body is larger than {self.limit} bytes.")
         error.headers["Connection"] = "close"
         await problem_response(error)(scope, receive, send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands over the body already read, then whatever comes next (a disconnect)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -4,8 +4,6 @@ takes a database connection; parameters are documented from the same models they
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
@@ -13,6 +11,7 @@ from fastapi import APIRouter, Request, status
 from pydantic import TypeAdapter
 
 from todo_api.auth.deps import path_owner
+from todo_api.db import Database
 from todo_api.docs import problems
 from todo_api.http import (
     JsonResponse,
@@ -55,10 +54,9 @@ def _doc(*parameters: dict[str, Any], body: dict[str, Any] | None = None) -> dic
     return {"parameters": list(parameters), **(body or {})}
 
 
-@asynccontextmanager
-async def _tasks(request: Request, owner_id: str, *, write: bool) -> AsyncIterator[TaskService]:
-    async with request.app.state.context.database.session(write=write) as session:
-        yield TaskService(session, owner_id)
+def _database(request: Request) -> Database:
+    database: Database = request.app.state.context.database
+    return database
 
 
 def _task_id(request: Request) -> uuid.UUID:
@@ -89,8 +87,8 @@ async def create_task(request: Request) -> JsonResponse:
     """Create a task; `completed` defaults to false."""
     owner_id = await path_owner(request)
     fields = await _fields(request, TaskWrite)
-    async with _tasks(request, owner_id, write=True) as tasks:
-        task = await tasks.create(fields)
+    async with _database(request).session(write=True) as session:
+        task = await TaskService(session, owner_id).create(fields)
     location = f"/api/{quote(owner_id, safe='')}/tasks/{task.row['id']}"
     return _task_response(task, status.HTTP_201_CREATED, Location=location)
 
@@ -105,8 +103,8 @@ async def list_tasks(request: Request) -> JsonResponse:
     """A page of your tasks, newest first unless asked otherwise."""
     owner_id = await path_owner(request)
     query = parse_query(request, ListQuery)
-    async with _tasks(request, owner_id, write=False) as tasks:
-        page = await tasks.list(query)
+    async with _database(request).session(write=False) as session:
+        page = await TaskService(session, owner_id).list(query)
     return JsonResponse(page.public())
 
 
@@ -120,8 +118,8 @@ async def get_task(request: Request) -> JsonResponse:
     """One task."""
     owner_id = await path_owner(request)
     task_id = _task_id(request)
-    async with _tasks(request, owner_id, write=False) as tasks:
-        task = await tasks.get(task_id)
+    async with _database(request).session(write=False) as session:
+        task = await TaskService(session, owner_id).get(task_id)
     return _task_response(task)
 
 
@@ -129,8 +127,8 @@ async def _change(request: Request, model: type[TaskWrite | TaskPatch | TaskComp
     owner_id = await path_owner(request)
     task_id = _task_id(request)
     fields = await _fields(request, model)
-    async with _tasks(request, owner_id, write=True) as tasks:
-        task = await tasks.change(task_id, fields, request.headers.get("if-match"))
+    async with _database(request).session(write=True) as session:
+        task = await TaskService(session, owner_id).change(task_id, fields, request.headers.get("if-match"))
     return _task_response(task)
 
 
@@ -177,6 +175,6 @@ async def delete_task(request: Request) -> JsonResponse:
     """Delete a task for good; the answer is the task as it was."""
     owner_id = await path_owner(request)
     task_id = _task_id(request)
-    async with _tasks(request, owner_id, write=True) as tasks:
-        task = await tasks.delete(task_id, request.headers.get("if-match"))
+    async with _database(request).session(write=True) as session:
+        task = await TaskService(session, owner_id).delete(task_id, request.headers.get("if-match"))
     return _task_response(task)
