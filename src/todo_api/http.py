@@ -41,10 +41,14 @@ async def read_json_object(request: Request, *, empty: Mapping[str, Any] | None 
     if not raw.strip() and empty is not None:
         return dict(empty)
     try:
-        # The stdlib parser keeps lone surrogates, so the field holding one can be named in the error.
-        data = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise ValidationFailed.one(["body"], "Body is not valid JSON", "json_invalid") from None
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:
+            # orjson refuses lone surrogates (and integers past 64 bits); the stdlib parser keeps them, so the field
+            # holding one can be named in the error.
+            data = json.loads(raw, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            raise ValidationFailed.one(["body"], "Body is not valid JSON", "json_invalid") from None
     if not isinstance(data, dict):
         raise ValidationFailed.one(["body"], "Body must be a JSON object", "model_attributes_type")
     return data
