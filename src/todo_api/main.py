@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -84,8 +85,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await context.database.start()
         if context.jwks is not None:
             await context.jwks.refresh()  # best effort: a JWKS that is down now is retried on demand
+        # What start-up built (routes, models, the OpenAPI machinery: most of the heap) lives as long as the process:
+        # out of the collector's sight, a full collection no longer walks it, which a request would wait for.
+        gc.collect()
+        gc.freeze()
         async with inline_relay(settings):  # EVENTS_RELAY=inline: this worker relays the outbox too
             yield
+        gc.unfreeze()  # collectable again (an app that stops inside a longer-lived process, such as the tests)
         await context.database.close()
         context.accounts.hasher.close()
         if context.jwks is not None:
