@@ -139,6 +139,15 @@ async def test_health_does_not_need_the_database_and_ready_does(app_client: AppC
     assert int(response.headers["retry-after"]) > 0
 
 
+def test_a_neon_url_starts_with_a_warning_about_channel_binding(caplog: pytest.LogCaptureFixture) -> None:
+    url = "postgresql://neondb_owner:npg_secret@ep-cool-123.eu-central-1.aws.neon.tech/neondb"
+    with caplog.at_level("WARNING"):
+        create_app(make_settings(f"{url}?sslmode=require&channel_binding=require"))
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert any("channel_binding" in message for message in warnings), warnings
+    assert not any("npg_secret" in record.getMessage() for record in caplog.records)
+
+
 async def test_requests_that_need_a_dead_database_get_503_not_500(app_client: AppClient, alice: Account) -> None:
     down = await app_client(database_url="postgresql://postgres@127.0.0.1:9/none", db_timeout=1)
     for response in (

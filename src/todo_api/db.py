@@ -144,24 +144,18 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
-    parsed = parse_database_url(url or settings.database_url, settings.db_timeout)
-    for warning in parsed.warnings:
-        log.warning("DATABASE_URL: %s", warning)
+def _sqlite_engine(parsed: DatabaseUrl, settings: Settings) -> AsyncEngine:
     options: dict[str, Any] = {
         "connect_args": parsed.connect_args,
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow,
         "pool_timeout": settings.db_timeout,
     }
-    if parsed.is_sqlite:
-        if parsed.url.database in (None, "", ":memory:"):
-            options = {"connect_args": parsed.connect_args}  # one shared in-memory connection, no pool
-        engine = create_async_engine(parsed.url, **options)
-        event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
-        return engine
-    # Recycled under Neon's idle timeout, so a suspended compute rarely hands back a dead socket.
-    return create_async_engine(parsed.url, pool_recycle=240, **options)
+    if parsed.url.database in (None, "", ":memory:"):
+        options = {"connect_args": parsed.connect_args}  # one shared in-memory connection, no pool
+    engine = create_async_engine(parsed.url, **options)
+    event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+    return engine
 
 
 Row = Mapping[str, Any]
@@ -238,16 +232,18 @@ class Database:
     already waiting, which under load starves a few requests for seconds. A FIFO semaphore sized to the pool hands
     connections out in arrival order, and bounds the wait: past `timeout` seconds the request gets a 503."""
 
-    def __init__(self, settings: Settings, outbox: Outbox | None = None, *, url: str | None = None) -> None:
-        self.url = parse_database_url(url or settings.database_url, settings.db_timeout)
-        self.outbox = outbox
+    def __init__(self, settings: Settings) -> None:
+        self.url = parse_database_url(settings.database_url, settings.db_timeout)
+        for warning in self.url.warnings:
+            log.warning("DATABASE_URL: %s", warning)
+        self.outbox: Outbox | None = None  # set when events are recorded (EVENTS_PUBLISHER)
         self._settings = settings
         self._timeout = settings.db_timeout
         self._pool: asyncpg.Pool | None = None
         self._slots = asyncio.Semaphore(settings.db_pool_size + settings.db_max_overflow)
         self.engine: AsyncEngine | None = None
         if self.url.is_sqlite:
-            self.engine = create_engine(settings, url=url)
+            self.engine = _sqlite_engine(self.url, settings)
             self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")  # shares the pool
 
     async def start(self) -> None:

@@ -24,7 +24,7 @@ from todo_api.auth.service import Accounts
 from todo_api.auth.tokens import TokenService
 from todo_api.config import Settings, get_settings
 from todo_api.context import AppContext
-from todo_api.db import Database, is_unavailable, parse_database_url
+from todo_api.db import Database, is_unavailable
 from todo_api.docs import install_openapi, problem_pages, problems
 from todo_api.errors import (
     ApiError,
@@ -52,10 +52,10 @@ _PING = text("SELECT 1")
 
 def build_context(settings: Settings) -> AppContext:
     secret = settings.signing_secret()  # raises ConfigError before anything else starts
-    outbox = None
+    database = Database(settings)
     if settings.events_publisher != "none":  # record every change in the outbox
-        backend = "sqlite" if parse_database_url(settings.database_url).is_sqlite else "postgresql"
-        outbox = events.Outbox(settings.events_source, backend)
+        backend = "sqlite" if database.url.is_sqlite else "postgresql"
+        database.outbox = events.Outbox(settings.events_source, backend)
     jwks = None
     if settings.jwks_url:
         jwks = JwksVerifier(
@@ -66,7 +66,7 @@ def build_context(settings: Settings) -> AppContext:
         )
     return AppContext(
         settings=settings,
-        database=Database(settings, outbox),
+        database=database,
         tokens=TokenService(settings, secret, jwks),
         accounts=Accounts(PasswordHasher(settings.bcrypt_rounds), Throttles(settings)),
         jwks=jwks,
