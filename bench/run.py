@@ -204,16 +204,19 @@ def cpu_seconds(pid: int) -> float:
 def peak_rss_mib(pid: int) -> list[float]:
     """VmHWM (peak resident memory) of each worker: each child of pid, or pid itself if it has none."""
     tree = process_tree(pid)
-    peaks = []
-    for p in tree[1:] or tree:
-        try:
-            status = Path(f"/proc/{p}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                peaks.append(round(int(line.split()[1]) / 1024, 1))
-    return peaks
+    return [peak for p in tree[1:] or tree if (peak := status_mib(p, "VmHWM")) is not None]
+
+
+def status_mib(pid: int, field: str) -> float | None:
+    """A memory field of /proc/<pid>/status (VmHWM, VmRSS, ...) in MiB; None when the process is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith(f"{field}:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
 
 
 _busy_warned: set[int] = set()

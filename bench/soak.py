@@ -46,6 +46,7 @@ from run import (
     run_tool,
     seed,
     server_env,
+    status_mib,
     write_lua_data,
 )
 
@@ -69,16 +70,7 @@ def alive(pid: int) -> bool:
 
 def rss_mib(pid: int) -> dict[int, float]:
     """Current resident memory (VmRSS) of pid and each of its descendants, MiB."""
-    found = {}
-    for p in process_tree(pid):
-        try:
-            status = Path(f"/proc/{p}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                found[p] = round(int(line.split()[1]) / 1024, 1)
-    return found
+    return {p: rss for p in process_tree(pid) if (rss := status_mib(p, "VmRSS")) is not None}
 
 
 def open_connections(pg_url: str, database: str) -> dict[str, int]:
