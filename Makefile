@@ -74,7 +74,7 @@ PGBOUNCER_UPSTREAM ?= 127.0.0.1:5432
 pgbouncer: install  ## PgBouncer in transaction pool mode on 127.0.0.1:PGBOUNCER_PORT in front of PGBOUNCER_UPSTREAM
 	@command -v pgbouncer >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer)
 	$(BIN)/python -m tests.reliability.services pgbouncer start --dir $(PGBOUNCER_DIR) --port $(PGBOUNCER_PORT) --upstream $(PGBOUNCER_UPSTREAM)
-	@echo "use: TEST_DATABASE_URL='postgresql://postgres@127.0.0.1:$(PGBOUNCER_PORT)/DB?pgbouncer=true' TEST_DATABASE_URL_DIRECT='postgresql://postgres@$(PGBOUNCER_UPSTREAM)/DB' make test"
+	@echo "use: TEST_DATABASE_URL='postgresql://postgres@127.0.0.1:$(PGBOUNCER_PORT)/DB' TEST_DATABASE_URL_DIRECT='postgresql://postgres@$(PGBOUNCER_UPSTREAM)/DB' make test"
 
 pgbouncer-stop:  ## stop the PgBouncer of `make pgbouncer`
 	$(BIN)/python -m tests.reliability.services pgbouncer stop --dir $(PGBOUNCER_DIR)

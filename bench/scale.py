@@ -309,11 +309,11 @@ def captured_list_sql(database_url: str) -> str | None:
 
 
 def compiled_list_sql() -> tuple[str, list[str]] | None:
-    """The default listing compiled from todo_api.tasks.service (read-only use), with its parameter names in
+    """The default listing compiled from todo_api.tasks.repository (read-only use), with its parameter names in
     order. Looked up dynamically: the service's internals may change, and this is only a fallback."""
     try:
         dialect = importlib.import_module("sqlalchemy.dialects.postgresql.asyncpg").dialect()
-        service = importlib.import_module("todo_api.tasks.service")
+        service = importlib.import_module("todo_api.tasks.repository")
         statement = service._page_statement("created_at", "desc", False, False)
         compiled = statement.compile(dialect=dialect)
         # The statement's own literals (e.g. the 0 of coalesce(total, 0)) are parameters with a value.
@@ -322,7 +322,7 @@ def compiled_list_sql() -> tuple[str, list[str]] | None:
         )
         return str(compiled), list(compiled.positiontup or [])
     except Exception as exc:
-        log(f"note: could not compile the listing statement from todo_api.tasks.service: {exc!r}")
+        log(f"note: could not compile the listing statement from todo_api.tasks.repository: {exc!r}")
         return None
 
 

@@ -43,7 +43,7 @@ def is_postgres(database_url: str) -> bool:
 async def migrated(database_url: str) -> str:
     """A database holding exactly what the migrations create.
 
-    Behind a pooler (TEST_DATABASE_URL with `?pgbouncer=true`), the schema is reset and migrated over
+    Behind a pooler (TEST_DATABASE_URL_DIRECT set beside TEST_DATABASE_URL), the schema is reset and migrated over
     TEST_DATABASE_URL_DIRECT, as `todo-api migrate` uses DATABASE_URL_DIRECT."""
     direct = (os.environ.get("TEST_DATABASE_URL") and os.environ.get("TEST_DATABASE_URL_DIRECT")) or database_url
     parsed = parse_database_url(direct)
@@ -69,6 +69,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "login_ip_rate_limit": "0",
         "signup_rate_limit": "0",
     }
+    if database_url == os.environ.get("TEST_DATABASE_URL") and os.environ.get("TEST_DATABASE_URL_DIRECT"):
+        # The pooler pass: a plain PgBouncer URL, known to be one because a direct URL stands beside it.
+        values["database_url_direct"] = os.environ["TEST_DATABASE_URL_DIRECT"]
     values.update(overrides)
     return Settings(_env_file=None, **values)
 

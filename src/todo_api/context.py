@@ -12,6 +12,7 @@ from todo_api.auth.service import Accounts
 from todo_api.auth.tokens import TokenService
 from todo_api.config import Settings
 from todo_api.db import Database
+from todo_api.events import Outbox
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class AppContext:
     database: Database
     tokens: TokenService
     accounts: Accounts
+    events: Outbox | None = None  # records every change, when events are on
     jwks: JwksVerifier | None = None
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging.config
 import time
+from typing import Any
 
-from todo_api.middleware import RequestIdFilter
+from todo_api.middleware import request_id_var
 
 LINE_FORMAT = "%(asctime)sZ %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
@@ -17,17 +18,32 @@ class _UtcFormatter(logging.Formatter):
     converter = staticmethod(time.gmtime)
 
 
+def tag_records_with_request_id() -> None:
+    """Every record carries the id of the request it was logged in (`-` outside one), whichever handler gets it."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "tags_request_id", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        record.request_id = request_id_var.get()
+        return record
+
+    factory.tags_request_id = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
 def configure_logging(level: str) -> None:
+    tag_records_with_request_id()
     logging.config.dictConfig(
         {
             "version": 1,
             "disable_existing_loggers": False,
-            "filters": {"request_id": {"()": RequestIdFilter}},
             "formatters": {
                 "line": {"()": _UtcFormatter, "fmt": LINE_FORMAT},
             },
             "handlers": {
-                "stderr": {"class": "logging.StreamHandler", "formatter": "line", "filters": ["request_id"]},
+                "stderr": {"class": "logging.StreamHandler", "formatter": "line"},
             },
             "root": {"level": level, "handlers": ["stderr"]},
             "loggers": {

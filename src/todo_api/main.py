@@ -37,7 +37,7 @@ from todo_api.errors import (
 from todo_api.errors import problem_response as render
 from todo_api.events.relay import inline_relay
 from todo_api.http import JsonResponse, error_items
-from todo_api.logs import configure_logging
+from todo_api.logs import configure_logging, tag_records_with_request_id
 from todo_api.middleware import (
     GuardMiddleware,
     ProblemCORSMiddleware,
@@ -53,9 +53,8 @@ _PING = text("SELECT 1")
 def build_context(settings: Settings) -> AppContext:
     secret = settings.signing_secret()  # raises ConfigError before anything else starts
     database = Database(settings)
-    if settings.events_publisher != "none":  # record every change in the outbox
-        backend = "sqlite" if database.url.is_sqlite else "postgresql"
-        database.outbox = events.Outbox(settings.events_source, backend)
+    # With events on, every change is recorded in the outbox, in the unit of work that makes it.
+    outbox = events.Outbox(settings.events_source) if database.writes_record_events else None
     jwks = None
     if settings.jwks_url:
         jwks = JwksVerifier(
@@ -68,7 +67,8 @@ def build_context(settings: Settings) -> AppContext:
         settings=settings,
         database=database,
         tokens=TokenService(settings, secret, jwks),
-        accounts=Accounts(PasswordHasher(settings.bcrypt_rounds), Throttles(settings)),
+        accounts=Accounts(PasswordHasher(settings.bcrypt_rounds), Throttles(settings), outbox),
+        events=outbox,
         jwks=jwks,
     )
 
@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     if not logging.getLogger().handlers:  # a uvicorn worker process starts with none
         configure_logging(settings.log_level)
+    tag_records_with_request_id()
     context = build_context(settings)
 
     @asynccontextmanager

@@ -33,7 +33,9 @@ async def upgrade_connection(connection: AsyncConnection, revision: str = "head"
 
 @asynccontextmanager
 async def upgrade_engine(url: str) -> AsyncIterator[AsyncEngine]:
-    parsed = parse_database_url(url)
+    # Used the pooled way whatever the URL says: migrations are not a hot path, and then even a pooler nobody
+    # announced (no DATABASE_URL_DIRECT) cannot lose a cached statement between two of them.
+    parsed = parse_database_url(url).as_pooled()
     engine = create_async_engine(parsed.url, connect_args=parsed.connect_args, poolclass=NullPool)
     try:
         yield engine

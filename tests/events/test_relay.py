@@ -151,17 +151,17 @@ async def test_a_writer_waits_for_the_same_users_earlier_transaction(is_postgres
     """On PostgreSQL, `seq` is drawn under a per-owner lock, so one owner's `seq` order is its commit order."""
     if not is_postgres:
         pytest.skip("PostgreSQL only: SQLite has a single writer, so its rowids are commit order already")
-    recorder = Outbox("test", "postgresql")
+    recorder = Outbox("test")
     async with db.connect() as first, db.connect() as second, db.connect() as other:
         await first.begin()
         await second.begin()
         await other.begin()
-        await recorder.record(SqlAlchemySession(first, None), "task.created", "a", "owner-x", {"n": 1})
+        await recorder.record(SqlAlchemySession(first), "task.created", "a", "owner-x", {"n": 1})
         blocked = asyncio.create_task(
-            recorder.record(SqlAlchemySession(second, None), "task.created", "b", "owner-x", {"n": 2})
+            recorder.record(SqlAlchemySession(second), "task.created", "b", "owner-x", {"n": 2})
         )
         # another owner: no wait
-        await recorder.record(SqlAlchemySession(other, None), "task.created", "c", "owner-y", {"n": 3})
+        await recorder.record(SqlAlchemySession(other), "task.created", "c", "owner-y", {"n": 3})
         await other.commit()
         await asyncio.sleep(0.3)
         assert not blocked.done()  # owner-x's second write waits for the first to finish
@@ -176,10 +176,10 @@ async def test_a_writer_waits_for_the_same_users_earlier_transaction(is_postgres
 async def test_published_events_are_pruned_after_the_retention_period(
     relays: Relays, db: AsyncEngine, redis_url: str, stream: str
 ) -> None:
-    recorder = Outbox("test", db.dialect.name)
+    recorder = Outbox("test")
     async with db.begin() as connection:
         for kind in ("old", "recent", "pending"):
-            await recorder.record(SqlAlchemySession(connection, None), f"task.{kind}", kind, "owner-prune", {})
+            await recorder.record(SqlAlchemySession(connection), f"task.{kind}", kind, "owner-prune", {})
     async with db.begin() as connection:
         now = utcnow()
         for kind, published in (("old", now - timedelta(days=8)), ("recent", now - timedelta(days=6))):

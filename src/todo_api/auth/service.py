@@ -8,12 +8,12 @@ from datetime import datetime
 
 from sqlalchemy import bindparam, func, insert, select
 
-from todo_api import events
 from todo_api.auth.models import users
 from todo_api.auth.passwords import PasswordHasher
 from todo_api.auth.schemas import LoginIn, SignupIn, normalized_email
 from todo_api.db import Row, Session, unique_violation, utcnow
 from todo_api.errors import Conflict, Unauthorized
+from todo_api.events import Outbox
 from todo_api.ratelimit import Throttles
 
 
@@ -48,6 +48,7 @@ async def find_account(session: Session, user_id: str) -> Account | None:
 class Accounts:
     hasher: PasswordHasher
     throttles: Throttles
+    events: Outbox | None = None
 
     async def signup(self, session: Session, data: SignupIn) -> Account:
         await self._ensure_free(session, data)
@@ -68,7 +69,8 @@ class Accounts:
             # Lost a race with a concurrent signup: the unique index named in the error says which field.
             field = "username" if "username" in index else "email"
             raise Conflict(["body", field], f"This {field} is already taken.") from None
-        await events.user_signed_up(session, account)
+        if self.events is not None:
+            await self.events.user_signed_up(session, account)
         return account
 
     async def _ensure_free(self, session: Session, data: SignupIn) -> None:

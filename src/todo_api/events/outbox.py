@@ -1,8 +1,8 @@
 """Recording events: one outbox row per change, inserted by the transaction that makes the change.
 
-The services call `task_created`, `task_changed`, `task_deleted` and `user_signed_up` right after their write,
-as the last statement of the request's transaction. With `EVENTS_PUBLISHER=none` the database has no outbox and
-each call returns at once: no SQL, no serialization.
+The services hold an `Outbox` when events are on (`EVENTS_PUBLISHER` is not `none`) and call its `task_created`,
+`task_changed`, `task_deleted` or `user_signed_up` right after their write, as the last statement of the unit of
+work (a transaction: see `todo_api.db.pool`). With events off they hold none: no SQL, no serialization.
 
 Per-user commit order, which the relay relies on (see `todo_api.events.relay`):
 
@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
-from sqlalchemy import ClauseElement, Uuid, bindparam, insert, text
+from sqlalchemy import Uuid, bindparam, insert, text
 
 from todo_api.db import Session, UTCDateTime, utcnow
 from todo_api.events.models import outbox
@@ -74,11 +74,11 @@ def rfc3339(moment: datetime) -> str:
 
 
 class Outbox:
-    """Turns a change into a CloudEvent and inserts it as an outbox row on the caller's connection."""
+    """Records changes as CloudEvents: one outbox row each, inserted on the caller's session, in its unit of work
+    (the services hold one when events are on, and call it right after their write)."""
 
-    def __init__(self, source: str, dialect: str) -> None:
+    def __init__(self, source: str) -> None:
         self.source = source
-        self._insert: ClauseElement = _INSERT_POSTGRES if dialect == "postgresql" else _INSERT_SQLITE
 
     def cloud_event(self, kind: str, subject: str, owner: str, data: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -98,7 +98,7 @@ class Outbox:
     ) -> dict[str, Any]:
         event = self.cloud_event(kind, subject, owner, data)
         await session.fetch(
-            self._insert,
+            _INSERT_POSTGRES if session.dialect == "postgresql" else _INSERT_SQLITE,
             {
                 "event_id": uuid.UUID(event["id"]),
                 "partition_key": owner,
@@ -109,36 +109,28 @@ class Outbox:
         )
         return event
 
-
-async def task_created(session: Session, task: TaskLike) -> None:
-    if (recorder := session.outbox) is not None:
+    async def task_created(self, session: Session, task: TaskLike) -> None:
         data = task.public()
-        await recorder.record(session, "task.created", data["id"], data["user_id"], data)
+        await self.record(session, "task.created", data["id"], data["user_id"], data)
 
-
-async def task_changed(session: Session, before: TaskLike, after: TaskLike) -> None:
-    """`completed`/`reopened` when `completed` is all that changed, else `updated`."""
-    if (recorder := session.outbox) is not None:
+    async def task_changed(self, session: Session, before: TaskLike, after: TaskLike) -> None:
+        """`completed`/`reopened` when `completed` is all that changed, else `updated`."""
         old, data = before.public(), after.public()
         changed = {name for name, value in data.items() if name != "updated_at" and old.get(name) != value}
         kind = "task.updated"
         if changed == {"completed"}:
             kind = "task.completed" if data["completed"] else "task.reopened"
-        await recorder.record(session, kind, data["id"], data["user_id"], data)
+        await self.record(session, kind, data["id"], data["user_id"], data)
 
-
-async def task_deleted(session: Session, last_state: TaskLike) -> None:
-    if (recorder := session.outbox) is not None:
+    async def task_deleted(self, session: Session, last_state: TaskLike) -> None:
         data = last_state.public()
-        await recorder.record(session, "task.deleted", data["id"], data["user_id"], data)
+        await self.record(session, "task.deleted", data["id"], data["user_id"], data)
 
-
-async def user_signed_up(session: Session, account: AccountLike) -> None:
-    if (recorder := session.outbox) is not None:
+    async def user_signed_up(self, session: Session, account: AccountLike) -> None:
         data = {
             "id": account.id,
             "username": account.username,
             "email": account.email,
             "created_at": account.created_at.isoformat(timespec="microseconds"),
         }
-        await recorder.record(session, "user.signed_up", account.id, account.id, data)
+        await self.record(session, "user.signed_up", account.id, account.id, data)

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request, status
 from pydantic import TypeAdapter
 
 from todo_api.auth.deps import path_owner
+from todo_api.context import AppContext
 from todo_api.db import Database
 from todo_api.docs import problems
 from todo_api.http import (
@@ -54,9 +55,13 @@ def _doc(*parameters: dict[str, Any], body: dict[str, Any] | None = None) -> dic
     return {"parameters": list(parameters), **(body or {})}
 
 
+def _context(request: Request) -> AppContext:
+    context: AppContext = request.app.state.context
+    return context
+
+
 def _database(request: Request) -> Database:
-    database: Database = request.app.state.context.database
-    return database
+    return _context(request).database
 
 
 def _task_id(request: Request) -> uuid.UUID:
@@ -88,7 +93,7 @@ async def create_task(request: Request) -> JsonResponse:
     owner_id = await path_owner(request)
     fields = await _fields(request, TaskWrite)
     async with _database(request).session(write=True) as session:
-        task = await TaskService(session, owner_id).create(fields)
+        task = await TaskService(session, owner_id, _context(request).events).create(fields)
     location = f"/api/{quote(owner_id, safe='')}/tasks/{task.row['id']}"
     return _task_response(task, status.HTTP_201_CREATED, Location=location)
 
@@ -104,7 +109,7 @@ async def list_tasks(request: Request) -> JsonResponse:
     owner_id = await path_owner(request)
     query = parse_query(request, ListQuery)
     async with _database(request).session(write=False) as session:
-        page = await TaskService(session, owner_id).list(query)
+        page = await TaskService(session, owner_id, _context(request).events).list(query)
     return JsonResponse(page.public())
 
 
@@ -119,7 +124,7 @@ async def get_task(request: Request) -> JsonResponse:
     owner_id = await path_owner(request)
     task_id = _task_id(request)
     async with _database(request).session(write=False) as session:
-        task = await TaskService(session, owner_id).get(task_id)
+        task = await TaskService(session, owner_id, _context(request).events).get(task_id)
     return _task_response(task)
 
 
@@ -128,7 +133,9 @@ async def _change(request: Request, model: type[TaskWrite | TaskPatch | TaskComp
     task_id = _task_id(request)
     fields = await _fields(request, model)
     async with _database(request).session(write=True) as session:
-        task = await TaskService(session, owner_id).change(task_id, fields, request.headers.get("if-match"))
+        task = await TaskService(session, owner_id, _context(request).events).change(
+            task_id, fields, request.headers.get("if-match")
+        )
     return _task_response(task)
 
 
@@ -176,5 +183,7 @@ async def delete_task(request: Request) -> JsonResponse:
     owner_id = await path_owner(request)
     task_id = _task_id(request)
     async with _database(request).session(write=True) as session:
-        task = await TaskService(session, owner_id).delete(task_id, request.headers.get("if-match"))
+        task = await TaskService(session, owner_id, _context(request).events).delete(
+            task_id, request.headers.get("if-match")
+        )
     return _task_response(task)
