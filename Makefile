@@ -6,13 +6,16 @@ UV_VERSION := 0.13.8
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test interop lint format migrate bench bench-quick wrk install lock clean soak pgbouncer pgbouncer-stop
+.PHONY: run test interop lint format migrate bench bench-quick wrk install lock clean soak pgbouncer pgbouncer-stop \
+	client client-deps client-test
+CLIENT := clients/typescript
 
 run: install migrate  ## set up, migrate the database (SQLite by default) and serve on 127.0.0.1:8000
 	$(BIN)/todo-api serve --host $(HOST) --port $(PORT)
 
-test: install interop  ## the whole suite (PostgreSQL when TEST_DATABASE_URL is set, else SQLite)
+test: install interop  ## the whole suite (PostgreSQL when TEST_DATABASE_URL is set, else SQLite), then the TypeScript client's
 	$(BIN)/pytest $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory client-test
 
 interop: tests/interop/node_modules/.package-lock.json  ## the real Better Auth server the interop tests start
 
@@ -20,6 +23,30 @@ tests/interop/node_modules/.package-lock.json: tests/interop/package-lock.json
 	@if command -v npm >/dev/null; then \
 		cd tests/interop && npm ci --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: the Better Auth interop tests will skip"; fi
+
+client-deps: $(CLIENT)/node_modules/.package-lock.json
+
+$(CLIENT)/node_modules/.package-lock.json: $(CLIENT)/package-lock.json
+	@if command -v npm >/dev/null; then \
+		cd $(CLIENT) && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the TypeScript client's tests will skip"; fi
+
+client: install client-deps  ## regenerate the TypeScript client (clients/typescript) from the OpenAPI document
+	$(BIN)/todo-api openapi --output $(CLIENT)/openapi.json
+	cd $(CLIENT) && npm run --silent generate
+
+client-test: install client-deps  ## the TypeScript client against a real server; fails when its generated files are stale
+	@if ! command -v node >/dev/null; then \
+		if [ -n "$$TEST_REQUIRE_SERVICES" ]; then echo "client-test: Node.js is required" >&2; exit 1; fi; \
+		echo "Node.js not found: the TypeScript client's tests skip"; exit 0; \
+	fi; \
+	fresh=$$(mktemp); trap 'rm -f "$$fresh"' EXIT; \
+	$(BIN)/todo-api openapi --output "$$fresh" && \
+	if ! cmp -s "$$fresh" $(CLIENT)/openapi.json; then \
+		echo "client-test: $(CLIENT)/openapi.json is stale: run 'make client' and commit" >&2; exit 1; fi && \
+	cd $(CLIENT) && npx --no-install openapi-typescript openapi.json --output src/schema.d.ts \
+		--default-non-nullable false --check && \
+	TODO_API_BIN=$(abspath $(BIN))/todo-api npm test --silent
 
 lint: install  ## ruff and mypy --strict
 	$(BIN)/ruff check src tests bench

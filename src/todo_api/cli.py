@@ -1,4 +1,4 @@
-"""`todo-api serve | migrate | relay`: the commands an operator runs."""
+"""`todo-api serve | migrate | relay | openapi`: the commands an operator runs."""
 
 from __future__ import annotations
 
@@ -82,6 +82,21 @@ def relay(_: argparse.Namespace) -> None:
     asyncio.run(serve_relay(settings))
 
 
+def openapi(args: argparse.Namespace) -> None:
+    """The OpenAPI document as JSON, without starting a server or touching a database (what `make client` feeds
+    to openapi-typescript)."""
+    import json
+
+    from todo_api.main import openapi_document
+
+    text = json.dumps(openapi_document(), indent=2, ensure_ascii=False) + "\n"
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as file:
+            file.write(text)
+    else:
+        sys.stdout.write(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="todo-api", description="The todo-api service.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     serve_cmd.set_defaults(run=serve)
     commands.add_parser("migrate", help="apply database migrations").set_defaults(run=migrate)
     commands.add_parser("relay", help="publish the event outbox (EVENTS_PUBLISHER)").set_defaults(run=relay)
+    openapi_cmd = commands.add_parser("openapi", help="write the OpenAPI document (no server, no database)")
+    openapi_cmd.add_argument("--output", "-o", help="file to write (default: standard output)")
+    openapi_cmd.set_defaults(run=openapi)
     args = parser.parse_args(argv)
     args.run(args)
 

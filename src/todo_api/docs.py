@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import HTMLResponse
 
 from todo_api.errors import BY_STATUS, PROBLEM_MEDIA_TYPE, PROBLEMS, NotFound
+from todo_api.routing import AuthenticatedRoute
 
 
 class ErrorItemOut(BaseModel):
@@ -27,6 +28,12 @@ class Problem(BaseModel):
     status: int
     detail: str
     errors: list[ErrorItemOut] | None = Field(default=None, description="For 400 and 409: each field at fault.")
+
+
+class Status(BaseModel):
+    """What the probes answer."""
+
+    status: str = Field(examples=["ok"])
 
 
 _EXAMPLE_DETAIL = {
@@ -85,7 +92,6 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return documented
 
 
-PUBLIC_OPERATIONS = {"/api/auth/signup", "/api/auth/login"}
 BEARER_SCHEME = {
     "type": "http",
     "scheme": "bearer",
@@ -96,10 +102,16 @@ BEARER_SCHEME = {
 
 def install_openapi(app: FastAPI) -> None:
     """Post-process FastAPI's document: problem+json instead of application/json, no 422 anywhere, and the
-    bearer scheme on every `/api` operation but signup and login."""
+    bearer scheme on exactly the operations whose route class checks a token."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
+            secured = {
+                (route.path, method.lower())
+                for route in app.routes
+                if isinstance(route, AuthenticatedRoute)
+                for method in route.methods or ()
+            }
             schema = get_openapi(
                 title=app.title,
                 version=app.version,
@@ -108,9 +120,10 @@ def install_openapi(app: FastAPI) -> None:
                 tags=app.openapi_tags,
             )
             for route, path in schema.get("paths", {}).items():
-                for operation in path.values():
-                    if route.startswith("/api/") and route not in PUBLIC_OPERATIONS:
+                for method, operation in path.items():
+                    if (route, method) in secured:
                         operation["security"] = [{"HTTPBearer": []}]
+                    _name_optional_body(operation)
                     responses = operation.get("responses", {})
                     responses.pop("422", None)
                     for code, response in responses.items():
@@ -128,6 +141,20 @@ def install_openapi(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _name_optional_body(operation: dict[str, Any]) -> None:
+    """An optional body (`Model | None = None`) is documented by FastAPI as an inline `anyOf` of the model and
+    null: say instead that the body is the named model and may be left out."""
+    body = operation.get("requestBody")
+    if body is None:
+        return
+    media = body["content"].get("application/json", {})
+    options = media.get("schema", {}).get("anyOf", [])
+    refs = [option for option in options if "$ref" in option]
+    if len(refs) == 1 and len(options) == 2 and {"type": "null"} in options:
+        media["schema"] = refs[0]
+        body["required"] = False
 
 
 problem_pages = APIRouter(prefix="/problems", include_in_schema=False)

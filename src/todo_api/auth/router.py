@@ -1,16 +1,18 @@
+"""The account routes: signup and login are public (`JsonRoute`), `GET /api/auth/me` wants a token."""
+
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Depends, Request, status
 
-from todo_api.auth.deps import CurrentPrincipal
 from todo_api.auth.schemas import LoginIn, MeOut, SignupIn, TokenOut
 from todo_api.auth.service import Account, find_account
 from todo_api.clients import client_address
 from todo_api.context import AppContext, ContextDep
 from todo_api.docs import problems
-from todo_api.http import JsonResponse, parse_body, request_body_doc
+from todo_api.http import JsonResponse
+from todo_api.routing import AuthenticatedRoute, CurrentPrincipal, JsonRoute, operation_id
 
-router = APIRouter(prefix="/api/auth", tags=["auth"])
+router = APIRouter(prefix="/api/auth", tags=["auth"], route_class=JsonRoute, generate_unique_id_function=operation_id)
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -30,40 +32,36 @@ def token_response(context: AppContext, user: Account, status_code: int) -> Json
     return JsonResponse(body, status_code=status_code, headers=NO_STORE)
 
 
+async def count_signup_attempt(request: Request, context: ContextDep) -> None:
+    """Every signup attempt counts against SIGNUP_RATE_LIMIT, a malformed one too (dependencies run before FastAPI
+    validates the body)."""
+    await context.accounts.throttles.signup.take(client_address(request, context.settings.trusted_proxies))
+
+
 @router.post(
     "/signup",
     status_code=status.HTTP_201_CREATED,
     response_model=TokenOut,
     responses=problems(400, 409, 429, 503),
-    openapi_extra=request_body_doc(SignupIn),
+    dependencies=[Depends(count_signup_attempt)],
 )
-async def signup(request: Request, context: ContextDep) -> JsonResponse:
+async def signup(context: ContextDep, body: SignupIn) -> JsonResponse:
     """Create an account and get a token for it."""
-    client = client_address(request, context.settings.trusted_proxies)
-    await context.accounts.throttles.signup.take(client)
-    data = await parse_body(request, SignupIn)
     async with context.database.session(write=True) as session:
-        user = await context.accounts.signup(session, data)
+        user = await context.accounts.signup(session, body)
     return token_response(context, user, status.HTTP_201_CREATED)
 
 
-@router.post(
-    "/login",
-    response_model=TokenOut,
-    responses=problems(400, 401, 429, 503),
-    openapi_extra=request_body_doc(LoginIn),
-)
-async def login(request: Request, context: ContextDep) -> JsonResponse:
+@router.post("/login", response_model=TokenOut, responses=problems(400, 401, 429, 503))
+async def login(request: Request, context: ContextDep, body: LoginIn) -> JsonResponse:
     """Exchange a username (or email) and password for a token."""
-    data = await parse_body(request, LoginIn)
     client = client_address(request, context.settings.trusted_proxies)
     async with context.database.session(write=False) as session:
-        user = await context.accounts.login(session, data, client)
+        user = await context.accounts.login(session, body, client)
     return token_response(context, user, status.HTTP_200_OK)
 
 
-@router.get("/me", response_model=MeOut, responses=problems(401, 503))
-async def me(principal: CurrentPrincipal, context: ContextDep) -> JsonResponse:
+async def get_me(principal: CurrentPrincipal, context: ContextDep) -> JsonResponse:
     """Who the token belongs to; its `id` is the `user_id` for task paths."""
     async with context.database.session(write=False) as session:
         user = await find_account(session, principal.sub)
@@ -79,3 +77,13 @@ async def me(principal: CurrentPrincipal, context: ContextDep) -> JsonResponse:
             "email": email if isinstance(email, str) else None,
         }
     )
+
+
+router.add_api_route(
+    "/me",
+    get_me,
+    methods=["GET"],
+    response_model=MeOut,
+    responses=problems(401, 503),
+    route_class_override=AuthenticatedRoute,
+)

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
 from pydantic_core import PydanticCustomError
 
 from todo_api.text import CleanStr
@@ -48,7 +49,17 @@ def _document_read_only(schema: dict[str, Any]) -> None:
 
 
 class TaskBody(BaseModel):
+    """What every task body shares: strict types, unknown fields refused, read-only fields dropped unseen (so a
+    client may send back what it read)."""
+
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_document_read_only)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_read_only(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not READ_ONLY_FIELDS.isdisjoint(data):
+            return {name: value for name, value in data.items() if name not in READ_ONLY_FIELDS}
+        return data
 
 
 class TaskWrite(TaskBody):
@@ -68,25 +79,50 @@ class TaskPatch(TaskBody):
 
 
 class TaskCompletion(TaskBody):
+    """The body of `completeTask` (optional: no body means `{"completed": true}`)."""
+
     completed: StrictBool = True
 
 
-class TaskOut(BaseModel):
+class Task(BaseModel):
+    """A task as the API returns it (and as its events carry it)."""
+
     id: uuid.UUID
-    user_id: str
+    user_id: str = Field(description="The owner: the token's `sub`.")
     title: str
     description: str | None
     completed: bool
     created_at: datetime
-    updated_at: datetime
+    updated_at: datetime = Field(description="Moves on every change; stays when a write changes nothing.")
 
 
 class TaskPage(BaseModel):
-    items: list[TaskOut]
-    total: int
+    """One page of a listing."""
+
+    items: list[Task]
+    total: int = Field(description="Every task matching the filters.")
     page: int
     page_size: int
-    pages: int
+    pages: int = Field(description="0 when `total` is 0.")
+
+
+def _render(annotation: Any) -> Callable[[Any], Any] | None:
+    if annotation is datetime:
+        return lambda value: value.isoformat(timespec="microseconds")
+    if datetime in get_args(annotation):  # datetime | None
+        return lambda value: None if value is None else value.isoformat(timespec="microseconds")
+    if annotation is uuid.UUID:
+        return str
+    return None
+
+
+# How a stored row becomes the `Task` the API returns: derived from the model, so the two cannot drift apart.
+_TASK_FIELDS = tuple((name, _render(field.annotation)) for name, field in Task.model_fields.items())
+
+
+def task_body(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The `Task` JSON of a stored row (times with six fractional digits, ids as strings)."""
+    return {name: (row[name] if render is None else render(row[name])) for name, render in _TASK_FIELDS}
 
 
 SortBy = Literal["created_at", "updated_at", "title", "completed"]

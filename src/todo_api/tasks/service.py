@@ -16,7 +16,7 @@ from todo_api.db import Session, utcnow
 from todo_api.errors import NotFound, PreconditionFailed
 from todo_api.events import Outbox
 from todo_api.tasks.repository import ANY_STATE, Precondition, TaskRepository
-from todo_api.tasks.schemas import ListQuery
+from todo_api.tasks.schemas import ListQuery, task_body
 
 
 def _digest(task_id: uuid.UUID, version: int) -> str:
@@ -57,16 +57,7 @@ class TaskState:
         return etag(self.row["id"], self.row["version"])
 
     def public(self) -> dict[str, Any]:
-        row = self.row
-        return {
-            "id": str(row["id"]),
-            "user_id": row["user_id"],
-            "title": row["title"],
-            "description": row["description"],
-            "completed": row["completed"],
-            "created_at": row["created_at"].isoformat(timespec="microseconds"),
-            "updated_at": row["updated_at"].isoformat(timespec="microseconds"),
-        }
+        return task_body(self.row)
 
 
 @dataclass(frozen=True, slots=True)
