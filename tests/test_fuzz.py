@@ -48,8 +48,8 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.conftest import PASSWORD, make_settings, signup_body
 from todo_api.auth.passwords import BCRYPT_MAX_BYTES
+from todo_api.bounds import MAX_BODY_BYTES
 from todo_api.main import create_app
-from todo_api.middleware import MAX_BODY_BYTES
 
 SEED = 20261126
 MAX_EXAMPLES = 200  # per operation, for the fuzzing phase; examples and coverage phases add their own cases

@@ -19,7 +19,7 @@ from todo_api.config import ConfigError, Settings, get_settings
 # and restarted in a loop. The app itself is imported after the ping thread is up.
 
 
-def _settings_or_exit(*, serving: bool, relaying: bool = False) -> Settings:
+def _settings_or_exit(*, serving: bool, relaying: bool = False, workers: int = 1) -> Settings:
     """Settings that are safe to start with, or exit with a one-line reason."""
     from todo_api.logs import configure_logging
 
@@ -28,6 +28,9 @@ def _settings_or_exit(*, serving: bool, relaying: bool = False) -> Settings:
         configure_logging(settings.log_level)
         if serving:
             settings.signing_secret()
+            settings.check_serving()
+            for warning in settings.production_warnings(workers):
+                logging.getLogger("todo_api").warning("%s", warning)
         if relaying or (serving and settings.events_relay == "inline" and settings.events_publisher != "none"):
             from todo_api.events.relay import relay_engine
 
@@ -46,7 +49,9 @@ def _exit_cleanly(signum: int, _frame: object) -> None:
 
 
 def serve(args: argparse.Namespace) -> None:
-    _settings_or_exit(serving=True)
+    from todo_api.server import BoundedHttpToolsProtocol
+
+    _settings_or_exit(serving=True, workers=args.workers)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to whatever handler was there
     # before it: make that one a clean exit, so orchestrators see status 0 after a graceful stop.
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -58,7 +63,7 @@ def serve(args: argparse.Namespace) -> None:
         port=args.port,
         workers=args.workers,
         loop="uvloop",
-        http="httptools",
+        http=BoundedHttpToolsProtocol,
         log_config=None,
         access_log=args.access_log,
         proxy_headers=False,  # TRUSTED_PROXIES decides whom to believe, not uvicorn

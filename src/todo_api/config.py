@@ -6,9 +6,12 @@ import ipaddress
 import logging
 import os
 import secrets
+import stat
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from limits import parse_many
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
@@ -25,6 +28,27 @@ _NAME = r"^[A-Za-z0-9._-]+$"  # a Kafka topic, a Redis key, a Dapr component nam
 
 class ConfigError(Exception):
     """A setting that makes it unsafe or impossible to start; the message is one line for the operator."""
+
+
+def _https_or_loopback(url: str) -> bool:
+    parsed = urlsplit(url)
+    if parsed.scheme == "https":
+        return True
+    host = parsed.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _unmapped(network: IPNetwork) -> IPNetwork:
+    """`::ffff:10.0.0.0/104` is the IPv4 network 10.0.0.0/8 (clients are compared as IPv4 addresses)."""
+    mapped = network.network_address.ipv4_mapped if isinstance(network, ipaddress.IPv6Network) else None
+    if mapped is not None and network.prefixlen >= 96:
+        return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
 
 
 def _split_commas(value: object) -> object:
@@ -91,7 +115,7 @@ class Settings(BaseSettings):
     def _parse_proxies(cls, value: object) -> object:
         items = _split_commas(value)
         if isinstance(items, list):
-            return [ipaddress.ip_network(str(item), strict=False) for item in items]
+            return [_unmapped(ipaddress.ip_network(str(item), strict=False)) for item in items]
         return items
 
     @field_validator("cors_origins", mode="before")
@@ -139,6 +163,35 @@ class Settings(BaseSettings):
     def migration_url(self) -> str:
         return self.database_url_direct or self.database_url
 
+    def check_serving(self) -> None:
+        """Raise ConfigError for what production must not run with: a JWKS fetched over plain HTTP (anyone on the
+        path could hand us keys), loopback hosts excepted."""
+        if self.environment != "production":
+            return
+        for name, url in (
+            ("BETTER_AUTH_URL", self.better_auth_url),
+            ("BETTER_AUTH_JWKS_URL", self.better_auth_jwks_url),
+        ):
+            if url and not _https_or_loopback(url):
+                raise ConfigError(f"{name} must be an https:// URL when ENVIRONMENT=production (got {url})")
+
+    def production_warnings(self, workers: int) -> list[str]:
+        """What is allowed in production but probably not meant."""
+        if self.environment != "production":
+            return []
+        warnings = []
+        if not (self.jwt_issuer or self.jwt_audience):
+            warnings.append(
+                "HS256 tokens are checked for neither iss nor aud: set JWT_ISSUER and/or JWT_AUDIENCE, so a token "
+                "minted with the same secret for another service is not accepted here"
+            )
+        if workers > 1 and not self.redis_url:
+            warnings.append(
+                f"{workers} workers keep rate-limit counters in memory, each its own: the real limits are {workers} "
+                "times those set; set REDIS_URL to share them"
+            )
+        return warnings
+
     def signing_secret(self) -> str:
         """The HS256 secret; raises ConfigError when it is unsafe to start with it."""
         if self.better_auth_secret is not None:
@@ -154,29 +207,50 @@ class Settings(BaseSettings):
 
 
 def _development_secret() -> str:
-    """A random secret kept in a git-ignored file, so restarts and every worker share it."""
-    if not DEV_SECRET_FILE.exists():
-        # Write a private temporary file, then link it into place: link() fails if another worker won the race,
-        # so nobody ever reads a half-written secret.
-        draft = DEV_SECRET_FILE.with_name(f"{DEV_SECRET_FILE.name}.{os.getpid()}")
-        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """A random secret kept in a git-ignored file, so restarts and every worker share it.
+
+    Created only if absent (O_EXCL), never through a symbolic link (O_NOFOLLOW), readable by its owner alone; a file
+    found there is used only if it is a regular file of the current user that nobody else may read."""
+    try:
+        fd = os.open(DEV_SECRET_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        pass  # made before, by an earlier start or a sibling worker: checked below
+    else:
+        # Written in one call: a sibling worker that reads it before then finds it short and retries below.
         with os.fdopen(fd, "w") as file:
             file.write(secrets.token_urlsafe(48) + "\n")
-        try:
-            os.link(draft, DEV_SECRET_FILE)
-        except FileExistsError:
-            pass
-        finally:
-            draft.unlink()
-    secret = DEV_SECRET_FILE.read_text().strip()
-    if len(secret) < MIN_SECRET_LENGTH:
-        raise ConfigError(f"{DEV_SECRET_FILE} holds a short secret; delete it to have a new one made")
+    secret = _read_private(DEV_SECRET_FILE)
     log.warning(
         "BETTER_AUTH_SECRET is not set: using a random development secret kept in %s. Set BETTER_AUTH_SECRET "
         "(the one your Better Auth frontend uses) before going near production.",
         DEV_SECRET_FILE.resolve(),
     )
     return secret
+
+
+def _read_private(path: Path) -> str:
+    for _ in range(50):  # a sibling worker may be between creating the file and writing it
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as error:
+            raise ConfigError(
+                f"{path} cannot be opened safely ({error.strerror}); delete it to have a new one made"
+            ) from None
+        with os.fdopen(fd) as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ConfigError(f"{path} is not a regular file; delete it to have a new one made")
+            if info.st_uid != os.getuid():
+                raise ConfigError(f"{path} belongs to another user; delete it to have a new one made")
+            if info.st_mode & 0o077:
+                raise ConfigError(
+                    f"{path} may be read by others (mode {info.st_mode & 0o777:o}); delete it or chmod 600"
+                )
+            secret = file.read().strip()
+        if len(secret) >= MIN_SECRET_LENGTH:
+            return secret
+        time.sleep(0.02)
+    raise ConfigError(f"{path} holds a short secret; delete it to have a new one made")
 
 
 @lru_cache

@@ -44,6 +44,7 @@ _EXAMPLE_DETAIL = {
     409: "This email is already taken.",
     412: "If-Match does not match the current ETag.",
     413: "The request body is larger than 65536 bytes.",
+    431: "The request headers are larger than 16384 bytes.",
     429: "Too many attempts; try again later.",
     500: "Internal Server Error",
     503: "The database is not answering.",
@@ -70,9 +71,10 @@ _HEADERS = {
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The `responses=` entry documenting these error statuses (plus 413 and 500, which any operation may answer)."""
+    """The `responses=` entry documenting these error statuses (plus 413, 431 and 500, which any operation may
+    answer)."""
     documented: dict[int | str, dict[str, Any]] = {}
-    for code in (*statuses, 413, 500):
+    for code in (*statuses, 413, 431, 500):
         cls = BY_STATUS[code]
         example: dict[str, Any] = {
             "type": cls.type_uri(),

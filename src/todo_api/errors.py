@@ -9,6 +9,7 @@
      ├── Conflict                409  /problems/conflict
      ├── PreconditionFailed      412  /problems/precondition-failed
      ├── PayloadTooLarge         413  /problems/payload-too-large
+     ├── HeadersTooLarge         431  /problems/headers-too-large
      ├── RateLimited             429  /problems/rate-limited
      ├── InternalError           500  /problems/internal
      └── Unavailable             503  /problems/unavailable
@@ -116,6 +117,11 @@ class PayloadTooLarge(ApiError):
     description = "The request body is larger than the API accepts (64 KiB)."
 
 
+class HeadersTooLarge(ApiError):
+    status, slug, title = 431, "headers-too-large", "Request Header Fields Too Large"
+    description = "The request's headers are larger than the API accepts (16 KiB in all)."
+
+
 class RateLimited(ApiError):
     status, slug, title = 429, "rate-limited", "Too Many Requests"
     description = "Too many attempts; `Retry-After` says how many seconds to wait."
@@ -147,6 +153,7 @@ PROBLEMS: dict[str, type[ApiError]] = {
         Conflict,
         PreconditionFailed,
         PayloadTooLarge,
+        HeadersTooLarge,
         RateLimited,
         InternalError,
         Unavailable,

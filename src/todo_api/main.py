@@ -56,6 +56,7 @@ _PING = text("SELECT 1")
 
 def build_context(settings: Settings) -> AppContext:
     secret = settings.signing_secret()  # raises ConfigError before anything else starts
+    settings.check_serving()
     database = Database(settings)
     # With events on, every change is recorded in the outbox, in the unit of work that makes it.
     outbox = events.Outbox(settings.events_source) if database.writes_record_events else None
@@ -71,7 +72,9 @@ def build_context(settings: Settings) -> AppContext:
         settings=settings,
         database=database,
         tokens=TokenService(settings, secret, jwks),
-        accounts=Accounts(PasswordHasher(settings.bcrypt_rounds), Throttles(settings), outbox),
+        accounts=Accounts(
+            PasswordHasher(settings.bcrypt_rounds, max_wait=settings.db_timeout), Throttles(settings), outbox
+        ),
         events=outbox,
         jwks=jwks,
     )

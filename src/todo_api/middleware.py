@@ -13,12 +13,21 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from todo_api.bounds import MAX_BODY_BYTES, MAX_HEADER_BYTES
 from todo_api.db import is_unavailable
-from todo_api.errors import ApiError, InternalError, PayloadTooLarge, Unavailable, problem_response
+from todo_api.errors import (
+    ApiError,
+    ErrorItem,
+    HeadersTooLarge,
+    InternalError,
+    PayloadTooLarge,
+    Unavailable,
+    error_item,
+    problem_response,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 64 * 1024
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
@@ -52,29 +61,67 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
 
+def header_bytes(headers: list[tuple[bytes, bytes]]) -> int:
+    return sum(len(name) + len(value) for name, value in headers)
+
+
+def headers_too_large() -> Response:
+    response = problem_response(HeadersTooLarge(f"The request headers are larger than {MAX_HEADER_BYTES} bytes."))
+    response.headers["Connection"] = "close"
+    return response
+
+
 class ProblemCORSMiddleware(CORSMiddleware):
-    """Starlette's CORS, with refused preflights answered as problem+json like every other error."""
+    """Starlette's CORS, with refused preflights answered as problem+json like every other error, whose `errors`
+    name what was refused."""
 
     def preflight_response(self, request_headers: Headers) -> Response:
+        if header_bytes(request_headers.raw) > MAX_HEADER_BYTES:
+            return headers_too_large()
         response = super().preflight_response(request_headers)
         if response.status_code < 400:
             return response
-        reason = bytes(response.body).decode(errors="replace")
-        problem = problem_response(_BadPreflight(reason))
+        problem = problem_response(_BadPreflight(self._refusals(request_headers)))
         for name, value in response.headers.items():
             if name.lower().startswith("access-control-") or name.lower() == "vary":
                 problem.headers[name] = value
         return problem
 
+    def _refusals(self, request_headers: Headers) -> list[ErrorItem]:
+        """What Starlette refused (it says so only in plain text), each as an error item."""
+        refused: list[ErrorItem] = []
+        if not self.is_allowed_origin(request_headers.get("origin", "")):
+            refused.append(error_item(["header", "origin"], "This origin may not call the API.", "cors_origin"))
+        if request_headers.get("access-control-request-method") not in self.allow_methods:
+            refused.append(
+                error_item(["header", "access-control-request-method"], "This method is not allowed.", "cors_method")
+            )
+        requested = request_headers.get("access-control-request-headers")
+        if requested and not self.allow_all_headers:
+            wanted = {header.strip().lower() for header in requested.split(",") if header.strip()}
+            if not wanted <= set(self.allow_headers):
+                refused.append(
+                    error_item(
+                        ["header", "access-control-request-headers"],
+                        "These headers are not allowed: " + ", ".join(sorted(wanted - set(self.allow_headers))),
+                        "cors_headers",
+                    )
+                )
+        return refused
+
 
 class _BadPreflight(ApiError):
     status, slug, title = 400, "validation", "Invalid Request"
+    description = "The CORS preflight was refused: `errors` names what."
+
+    def __init__(self, errors: list[ErrorItem]) -> None:
+        super().__init__("CORS preflight refused; see errors.", errors=errors)
 
 
 class GuardMiddleware:
-    """413 for bodies over the limit, declared or chunked, without ever holding more than the limit; and anything
-    unhandled turned into a problem+json 500 that says nothing internal (the traceback goes to the log), or a 503
-    when it means the database is not answering.
+    """431 for headers over their limit and 413 for bodies over theirs, declared or chunked, without ever holding
+    more than the limit; and anything unhandled turned into a problem+json 500 that says nothing internal (the
+    traceback goes to the log), or a 503 when it means the database is not answering.
 
     It sits inside CORS and the request-id layer, so even a 500 carries their headers. One layer, not two: every
     layer costs each request a coroutine and a wrapped `send`."""
@@ -86,6 +133,9 @@ class GuardMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if header_bytes(scope["headers"]) > MAX_HEADER_BYTES:
+            await headers_too_large()(scope, receive, send)
             return
         if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
             declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)

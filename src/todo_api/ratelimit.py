@@ -1,4 +1,8 @@
-"""Throttles for signup and failed logins, in memory or shared through Redis (the `limits` library)."""
+"""Throttles for signup and failed logins, in memory or shared through Redis (the `limits` library).
+
+A slot is taken before the work it guards (so concurrent attempts cannot all slip past a limit that only counts
+what has finished), and given back when the attempt turns out not to count (a login with the right password).
+The sliding-window counter is the strategy that can give one back: `hit` with a negative cost."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import time
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import Storage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 
 from todo_api.config import Settings
@@ -26,37 +30,33 @@ def _storage_uri(redis_url: str | None) -> str:
 class Throttle:
     """One named limit (e.g. failed logins per identifier and client); `None` limit means off."""
 
-    def __init__(self, name: str, limit: str, limiter: MovingWindowRateLimiter) -> None:
+    def __init__(self, name: str, limit: str, limiter: SlidingWindowCounterRateLimiter) -> None:
         self.name = name
         self.item: RateLimitItem | None = None if limit == "0" else parse(limit)
         self._limiter = limiter
 
-    async def check(self, *key: str) -> None:
-        """Refuse with 429 when the budget for `key` is spent; spends nothing."""
+    async def take(self, *key: str) -> None:
+        """Take one slot of `key`'s budget, atomically, or refuse with 429 (taking nothing) when none is left."""
         if self.item is None:
             return
         try:
-            allowed = await self._limiter.test(self.item, self.name, *key)
-            if not allowed:
-                stats = await self._limiter.get_window_stats(self.item, self.name, *key)
+            if await self._limiter.hit(self.item, self.name, *key):
+                return
+            stats = await self._limiter.get_window_stats(self.item, self.name, *key)
         except Exception as error:
             raise _unavailable(error) from None
-        if not allowed:
-            raise RateLimited("Too many attempts; try again later.", retry_after=stats.reset_time - time.time())
+        log.info("rate limit %s refused an attempt", self.name)
+        raise RateLimited("Too many attempts; try again later.", retry_after=stats.reset_time - time.time())
 
-    async def spend(self, *key: str) -> bool:
-        """Count one attempt against `key`; False when that went over the budget."""
+    async def give_back(self, *key: str) -> None:
+        """Return a slot `take` took, for an attempt that does not count (at a window's edge the slot comes back to
+        the new window, which then allows one attempt more: never fewer than the limit)."""
         if self.item is None:
-            return True
+            return
         try:
-            return await self._limiter.hit(self.item, self.name, *key)
+            await self._limiter.hit(self.item, self.name, *key, cost=-1)
         except Exception as error:
             raise _unavailable(error) from None
-
-    async def take(self, *key: str) -> None:
-        """Count one attempt and refuse with 429 if that went over the budget."""
-        if not await self.spend(*key):
-            await self.check(*key)
 
 
 def _unavailable(error: Exception) -> Unavailable:
@@ -69,7 +69,7 @@ class Throttles:
         storage = storage_from_string(_storage_uri(settings.redis_url))
         assert isinstance(storage, Storage)
         self.storage = storage
-        limiter = MovingWindowRateLimiter(self.storage)
+        limiter = SlidingWindowCounterRateLimiter(self.storage)
         self.login = Throttle("login", settings.login_rate_limit, limiter)
         self.login_ip = Throttle("login-ip", settings.login_ip_rate_limit, limiter)
         self.signup = Throttle("signup", settings.signup_rate_limit, limiter)

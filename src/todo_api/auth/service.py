@@ -12,7 +12,7 @@ from todo_api.auth.models import users
 from todo_api.auth.passwords import PasswordHasher
 from todo_api.auth.schemas import LoginIn, SignupIn, normalized_email
 from todo_api.db import Row, Session, unique_violation, utcnow
-from todo_api.errors import Conflict, Unauthorized
+from todo_api.errors import Conflict, RateLimited, Unauthorized
 from todo_api.events import Outbox
 from todo_api.ratelimit import Throttles
 
@@ -80,18 +80,26 @@ class Accounts:
             raise Conflict(["body", field], f"This {field} is already taken.")
 
     async def login(self, session: Session, data: LoginIn, client: str) -> Account:
-        """The account these credentials open; 429 before any bcrypt work once failures pile up."""
-        identifier = data.identifier
-        await self.throttles.login_ip.check(client)
-        await self.throttles.login.check(client, identifier)
-        if data.email is not None or "@" in identifier:
-            rows = await session.fetch(_BY_EMAIL, {"email": normalized_email(identifier)})
+        """The account these credentials open. A slot of both login budgets is taken before any bcrypt work (429
+        when either is spent), and given back when the password was right: only failures count."""
+        by_email = data.email is not None or "@" in data.identifier
+        # Counted the way the account is looked up: every spelling of one address is one identifier.
+        identifier = normalized_email(data.identifier) if by_email else data.identifier
+        throttles = self.throttles
+        await throttles.login_ip.take(client)
+        try:
+            await throttles.login.take(client, identifier)
+        except RateLimited:
+            await throttles.login_ip.give_back(client)  # refused before it was tried: not a failed login
+            raise
+        if by_email:
+            rows = await session.fetch(_BY_EMAIL, {"email": identifier})
         else:
             rows = await session.fetch(_BY_USERNAME, {"username": identifier})
         row = rows[0] if rows else None
         if await self.hasher.verify(data.password, row["password_hash"] if row else None):
             assert row is not None
+            await throttles.login.give_back(client, identifier)
+            await throttles.login_ip.give_back(client)
             return _account(row)
-        await self.throttles.login_ip.spend(client)
-        await self.throttles.login.spend(client, identifier)
         raise Unauthorized("Invalid username, email or password.", token_sent=False)
