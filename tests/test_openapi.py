@@ -24,6 +24,8 @@ OPERATION_IDS = {
     ("patch", "/api/{user_id}/tasks/{task_id}"): "updateTask",
     ("patch", "/api/{user_id}/tasks/{task_id}/complete"): "completeTask",
     ("delete", "/api/{user_id}/tasks/{task_id}"): "deleteTask",
+    ("delete", "/api/{user_id}/tasks"): "clearCompletedTasks",
+    ("get", "/api/{user_id}/tags"): "listTags",
     ("post", "/api/auth/signup"): "signup",
     ("post", "/api/auth/login"): "login",
     ("get", "/api/auth/me"): "getMe",

@@ -13,6 +13,7 @@ from todo_api.auth.tokens import TokenService
 from todo_api.config import Settings
 from todo_api.db import Database
 from todo_api.events import Outbox
+from todo_api.tasks.cursors import Cursors
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class AppContext:
     database: Database
     tokens: TokenService
     accounts: Accounts
+    cursors: Cursors
     events: Outbox | None = None  # records every change, when events are on
     jwks: JwksVerifier | None = None
 

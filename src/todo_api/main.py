@@ -48,7 +48,9 @@ from todo_api.middleware import (
 )
 from todo_api.ratelimit import Throttles
 from todo_api.routing import assert_guarded, operation_id
+from todo_api.tasks.cursors import Cursors
 from todo_api.tasks.router import router as tasks_router
+from todo_api.tasks.router import tags_router
 
 log = logging.getLogger(__name__)
 _PING = text("SELECT 1")
@@ -76,6 +78,7 @@ def build_context(settings: Settings) -> AppContext:
             PasswordHasher(settings.bcrypt_rounds, max_wait=settings.db_timeout), Throttles(settings), outbox
         ),
         events=outbox,
+        cursors=Cursors(secret),
         jwks=jwks,
     )
 
@@ -130,7 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The API's routes go straight into the app's own route list, tasks first. FastAPI keeps an included router as
     # one route whose routes it matches twice per request; for the hot paths that was a fifth of a request's CPU
     # time. Their paths, tags, responses and route classes are complete already (the routers add nothing).
-    app.router.routes[:0] = [*tasks_router.routes, *auth_router.routes]
+    app.router.routes[:0] = [*tasks_router.routes, *tags_router.routes, *auth_router.routes]
     app.include_router(problem_pages)
     assert_guarded(app)
 

@@ -18,7 +18,20 @@ async def test_create_returns_the_task_with_location_and_etag(client: httpx.Asyn
     )
     assert response.status_code == 201
     task = response.json()
-    assert set(task) == {"id", "user_id", "title", "description", "completed", "created_at", "updated_at"}
+    assert set(task) == {
+        "id",
+        "user_id",
+        "title",
+        "description",
+        "completed",
+        "completed_at",
+        "priority",
+        "due_at",
+        "tags",
+        "created_at",
+        "updated_at",
+    }
+    assert (task["priority"], task["due_at"], task["tags"], task["completed_at"]) == ("none", None, [], None)
     assert uuid.UUID(task["id"]).version == 4
     assert task["user_id"] == alice.id
     assert task["title"] == "Buy milk"  # stored trimmed

@@ -22,7 +22,21 @@ BAD_FIELDS = [
     ({"title": "ok", "completed": 1}, "completed"),
     ({"title": "ok", "completed": None}, "completed"),
     ({"title": "ok", "completed": "true"}, "completed"),
-    ({"title": "ok", "priority": "high"}, "priority"),
+    ({"title": "ok", "priority": "urgent"}, "priority"),
+    ({"title": "ok", "priority": None}, "priority"),
+    ({"title": "ok", "priority": 3}, "priority"),
+    ({"title": "ok", "due_at": "2026-12-24T18:00:00"}, "due_at"),
+    ({"title": "ok", "due_at": "2026-12-24"}, "due_at"),
+    ({"title": "ok", "due_at": 1798000000}, "due_at"),
+    ({"title": "ok", "due_at": "next tuesday"}, "due_at"),
+    ({"title": "ok", "tags": "work"}, "tags"),
+    ({"title": "ok", "tags": [f"t{i}" for i in range(21)]}, "tags"),
+    ({"title": "ok", "tags": ["x" * 33]}, "tags"),
+    ({"title": "ok", "tags": ["   "]}, "tags"),
+    ({"title": "ok", "tags": ["bell\x07"]}, "tags"),
+    ({"title": "ok", "tags": [5]}, "tags"),
+    ({"title": "ok", "tags": None}, "tags"),
+    ({"title": "ok", "surprise": 1}, "surprise"),
 ]
 
 
@@ -32,7 +46,7 @@ async def test_create_rejects_bad_fields_naming_them(
 ) -> None:
     response = await client.post(alice.tasks, json=body, headers=alice.auth)
     assert_problem(response, 400, "validation")
-    assert ["body", field] in error_locs(response)
+    assert ["body", field] in [loc[:2] for loc in error_locs(response)]
 
 
 @pytest.mark.parametrize(("body", "field"), BAD_FIELDS)
@@ -43,7 +57,7 @@ async def test_put_rejects_bad_fields_and_changes_nothing(
     url = f"{alice.tasks}/{task['id']}"
     response = await client.put(url, json=body, headers=alice.auth)
     assert_problem(response, 400, "validation")
-    assert ["body", field] in error_locs(response)
+    assert ["body", field] in [loc[:2] for loc in error_locs(response)]
     assert (await client.get(url, headers=alice.auth)).json() == task
 
 

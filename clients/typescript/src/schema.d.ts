@@ -13,7 +13,7 @@ export interface paths {
         };
         /**
          * List Tasks
-         * @description A page of your tasks, newest first unless asked otherwise.
+         * @description A page of your tasks, newest first unless asked otherwise; by `page`, or walked with `cursor`.
          */
         get: operations["listTasks"];
         put?: never;
@@ -22,7 +22,11 @@ export interface paths {
          * @description Create a task; absent fields take their defaults.
          */
         post: operations["createTask"];
-        delete?: never;
+        /**
+         * Clear Completed Tasks
+         * @description Delete every completed task of yours, in one transaction (an event for each).
+         */
+        delete: operations["clearCompletedTasks"];
         options?: never;
         head?: never;
         patch?: never;
@@ -78,6 +82,26 @@ export interface paths {
          * @description Mark a task done (no body, or `{}`), or open again with `{"completed": false}`. Idempotent.
          */
         patch: operations["completeTask"];
+        trace?: never;
+    };
+    "/api/{user_id}/tags": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Tags
+         * @description Every tag on your tasks, with how many carry it, sorted by name.
+         */
+        get: operations["listTags"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
         trace?: never;
     };
     "/api/auth/signup": {
@@ -184,6 +208,14 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /**
+         * Deleted
+         * @description What `clearCompletedTasks` deleted.
+         */
+        Deleted: {
+            /** Deleted */
+            deleted: number;
+        };
         /** ErrorItemOut */
         ErrorItemOut: {
             /**
@@ -284,6 +316,24 @@ export interface components {
              */
             status: string;
         };
+        /** TagCount */
+        TagCount: {
+            /** Name */
+            name: string;
+            /**
+             * Count
+             * @description How many of your tasks carry it.
+             */
+            count: number;
+        };
+        /**
+         * TagCounts
+         * @description Every tag on your tasks, sorted by name.
+         */
+        TagCounts: {
+            /** Items */
+            items: components["schemas"]["TagCount"][];
+        };
         /**
          * Task
          * @description A task as the API returns it (and as its events carry it).
@@ -305,6 +355,20 @@ export interface components {
             description: string | null;
             /** Completed */
             completed: boolean;
+            /**
+             * Completed At
+             * @description When `completed` last became true; null while false.
+             */
+            completed_at: string | null;
+            /**
+             * Priority
+             * @enum {string}
+             */
+            priority: "none" | "low" | "medium" | "high";
+            /** Due At */
+            due_at: string | null;
+            /** Tags */
+            tags: string[];
             /**
              * Created At
              * Format: date-time
@@ -328,6 +392,8 @@ export interface components {
              */
             completed?: boolean;
             /** @description Ignored when sent, whatever its type. */
+            readonly completed_at?: unknown;
+            /** @description Ignored when sent, whatever its type. */
             readonly created_at?: unknown;
             /** @description Ignored when sent, whatever its type. */
             readonly id?: unknown;
@@ -348,8 +414,11 @@ export interface components {
              * @description Every task matching the filters.
              */
             total: number;
-            /** Page */
-            page: number;
+            /**
+             * Page
+             * @description null in a cursor walk.
+             */
+            page: number | null;
             /** Page Size */
             page_size: number;
             /**
@@ -357,10 +426,16 @@ export interface components {
              * @description 0 when `total` is 0.
              */
             pages: number;
+            /**
+             * Next Cursor
+             * @description Pass as `cursor` for the next page; null on the last page.
+             */
+            next_cursor: string | null;
         };
         /**
          * TaskPatch
-         * @description Any of the fields; those absent stay as they are. `title` cannot be null; `description: null` clears it.
+         * @description Any of the fields; those absent stay as they are. `title` cannot be null; `description: null` and
+         *     `due_at: null` clear them; `tags` replaces the whole list.
          */
         TaskPatch: {
             /**
@@ -373,6 +448,20 @@ export interface components {
             description?: string | null;
             /** Completed */
             completed?: boolean;
+            /**
+             * Priority
+             * @enum {string}
+             */
+            priority?: "none" | "low" | "medium" | "high";
+            /** Due At */
+            due_at?: string | null;
+            /**
+             * Tags
+             * @description Case-insensitive: stored lower-cased, duplicates collapsed, in order.
+             */
+            tags?: string[];
+            /** @description Ignored when sent, whatever its type. */
+            readonly completed_at?: unknown;
             /** @description Ignored when sent, whatever its type. */
             readonly created_at?: unknown;
             /** @description Ignored when sent, whatever its type. */
@@ -384,7 +473,7 @@ export interface components {
         };
         /**
          * TaskWrite
-         * @description A whole task: the body of POST (create) and PUT (full replacement).
+         * @description A whole task: the body of POST (create) and PUT (full replacement: every absent field takes its default).
          */
         TaskWrite: {
             /**
@@ -400,6 +489,22 @@ export interface components {
              * @default false
              */
             completed?: boolean;
+            /**
+             * Priority
+             * @default none
+             * @enum {string}
+             */
+            priority?: "none" | "low" | "medium" | "high";
+            /** Due At */
+            due_at?: string | null;
+            /**
+             * Tags
+             * @description Case-insensitive: stored lower-cased, duplicates collapsed, in order.
+             * @default []
+             */
+            tags?: string[];
+            /** @description Ignored when sent, whatever its type. */
+            readonly completed_at?: unknown;
             /** @description Ignored when sent, whatever its type. */
             readonly created_at?: unknown;
             /** @description Ignored when sent, whatever its type. */
@@ -451,14 +556,25 @@ export interface operations {
     listTasks: {
         parameters: {
             query?: {
+                /** @description Absent when `cursor` is given. */
                 page?: number;
                 page_size?: number;
-                sort_by?: "created_at" | "updated_at" | "title" | "completed";
+                sort_by?: "created_at" | "updated_at" | "title" | "completed" | "priority" | "due_at";
                 sort_order?: "asc" | "desc";
                 /** @description Only done (`true`) or open (`false`) tasks. */
                 completed?: ("true" | "false") | null;
                 /** @description Case-insensitive substring of title or description; `%` and `_` are literal. */
                 q?: string | null;
+                /** @description Only tasks of this priority. */
+                priority?: ("none" | "low" | "medium" | "high") | null;
+                /** @description Repeatable: only tasks carrying every tag named. */
+                tag?: string[];
+                /** @description Only tasks due at or after this time. */
+                due_min?: string | null;
+                /** @description Only tasks due before this time. */
+                due_max?: string | null;
+                /** @description `next_cursor` of the previous page, with the same sort, filters and `page_size`. */
+                cursor?: string | null;
             };
             header?: never;
             path: {
@@ -636,6 +752,165 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Task"];
+                };
+            };
+            /** @description The request is malformed: `errors` lists each field that is wrong, with `loc`, `msg`, `type`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "/problems/validation",
+                     *       "title": "Invalid Request",
+                     *       "status": 400,
+                     *       "detail": "The request is not valid; see errors.",
+                     *       "errors": [
+                     *         {
+                     *           "loc": [
+                     *             "body",
+                     *             "title"
+                     *           ],
+                     *           "msg": "String should have at least 1 character",
+                     *           "type": "string_too_short"
+                     *         }
+                     *       ]
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A valid bearer token is required, or the credentials are wrong. */
+            401: {
+                headers: {
+                    /** @description RFC 6750 bearer challenge */
+                    "WWW-Authenticate": string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "/problems/unauthorized",
+                     *       "title": "Unauthorized",
+                     *       "status": 401,
+                     *       "detail": "A bearer token is required."
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token is valid, but it does not grant access to this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "/problems/forbidden",
+                     *       "title": "Forbidden",
+                     *       "status": 403,
+                     *       "detail": "This path belongs to another user."
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request body is larger than the API accepts (64 KiB). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "/problems/payload-too-large",
+                     *       "title": "Payload Too Large",
+                     *       "status": 413,
+                     *       "detail": "The request body is larger than 65536 bytes."
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request's headers are larger than the API accepts (16 KiB in all). */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "/problems/headers-too-large",
+                     *       "title": "Request Header Fields Too Large",
+                     *       "status": 431,
+                     *       "detail": "The request headers are larger than 16384 bytes."
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The server failed to answer. The request id in X-Request-ID finds it in the logs. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "/problems/internal",
+                     *       "title": "Internal Server Error",
+                     *       "status": 500,
+                     *       "detail": "Internal Server Error"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A service this API depends on is not answering; try again after `Retry-After` seconds. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After": number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "/problems/unavailable",
+                     *       "title": "Service Unavailable",
+                     *       "status": 503,
+                     *       "detail": "The database is not answering."
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    clearCompletedTasks: {
+        parameters: {
+            query: {
+                /** @description Must be `true`: only completed tasks are cleared. */
+                completed: "true";
+            };
+            header?: never;
+            path: {
+                /** @description The owner's id: the token's `sub`, as `GET /api/auth/me` gives it. */
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Deleted"];
                 };
             };
             /** @description The request is malformed: `errors` lists each field that is wrong, with `loc`, `msg`, `type`. */
@@ -1671,6 +1946,135 @@ export interface operations {
                      *       "title": "Precondition Failed",
                      *       "status": 412,
                      *       "detail": "If-Match does not match the current ETag."
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request body is larger than the API accepts (64 KiB). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "/problems/payload-too-large",
+                     *       "title": "Payload Too Large",
+                     *       "status": 413,
+                     *       "detail": "The request body is larger than 65536 bytes."
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request's headers are larger than the API accepts (16 KiB in all). */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "/problems/headers-too-large",
+                     *       "title": "Request Header Fields Too Large",
+                     *       "status": 431,
+                     *       "detail": "The request headers are larger than 16384 bytes."
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The server failed to answer. The request id in X-Request-ID finds it in the logs. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "/problems/internal",
+                     *       "title": "Internal Server Error",
+                     *       "status": 500,
+                     *       "detail": "Internal Server Error"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A service this API depends on is not answering; try again after `Retry-After` seconds. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After": number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "/problems/unavailable",
+                     *       "title": "Service Unavailable",
+                     *       "status": 503,
+                     *       "detail": "The database is not answering."
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    listTags: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The owner's id: the token's `sub`, as `GET /api/auth/me` gives it. */
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TagCounts"];
+                };
+            };
+            /** @description A valid bearer token is required, or the credentials are wrong. */
+            401: {
+                headers: {
+                    /** @description RFC 6750 bearer challenge */
+                    "WWW-Authenticate": string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "/problems/unauthorized",
+                     *       "title": "Unauthorized",
+                     *       "status": 401,
+                     *       "detail": "A bearer token is required."
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token is valid, but it does not grant access to this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "/problems/forbidden",
+                     *       "title": "Forbidden",
+                     *       "status": 403,
+                     *       "detail": "This path belongs to another user."
                      *     }
                      */
                     "application/problem+json": components["schemas"]["Problem"];

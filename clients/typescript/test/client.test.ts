@@ -148,6 +148,48 @@ test("a task's whole life through the typed client", async () => {
   assert.ok(isProblem(gone.error, "not-found"));
 });
 
+test("tags, a tag filter, a cursor walk and clearing completed tasks", async () => {
+  const { client, userId } = await signUp();
+  const path = { user_id: userId };
+  for (let index = 0; index < 5; index += 1) {
+    const body: TaskWrite = { title: `chore ${index}`, tags: index % 2 ? ["Home", "weekly"] : ["home"], priority: "high" };
+    const made = await client.POST("/api/{user_id}/tasks", { params: { path }, body });
+    assert.equal(made.response.status, 201);
+    assert.deepEqual(made.data?.tags, index % 2 ? ["home", "weekly"] : ["home"]);
+  }
+  await client.POST("/api/{user_id}/tasks", {
+    params: { path },
+    body: { title: "due soon", due_at: "2026-12-24T18:00:00+01:00", completed: true },
+  });
+
+  const weekly = await client.GET("/api/{user_id}/tasks", { params: { path, query: { tag: ["weekly"] } } });
+  assert.equal(weekly.data?.total, 2);
+
+  const tags = await client.GET("/api/{user_id}/tags", { params: { path } });
+  assert.deepEqual(tags.data?.items, [
+    { name: "home", count: 5 },
+    { name: "weekly", count: 2 },
+  ]);
+
+  // Walk the high-priority tasks two at a time, by cursor.
+  const titles: string[] = [];
+  let cursor: string | null | undefined;
+  do {
+    const page = await client.GET("/api/{user_id}/tasks", {
+      params: { path, query: { priority: "high", sort_by: "title", sort_order: "asc", page_size: 2, ...(cursor ? { cursor } : {}) } },
+    });
+    assert.equal(page.response.status, 200);
+    assert.ok(page.data);
+    titles.push(...page.data.items.map((task) => task.title));
+    cursor = page.data.next_cursor;
+    assert.equal(Boolean(page.response.headers.get("link")), Boolean(cursor));
+  } while (cursor);
+  assert.deepEqual(titles, ["chore 0", "chore 1", "chore 2", "chore 3", "chore 4"]);
+
+  const cleared = await client.DELETE("/api/{user_id}/tasks", { params: { path, query: { completed: "true" } } });
+  assert.deepEqual(cleared.data, { deleted: 1 });
+});
+
 test("another user's path is a typed 403 problem, and no token a 401", async () => {
   const { client } = await signUp();
   const other = await signUp();

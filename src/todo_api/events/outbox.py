@@ -51,6 +51,9 @@ _INSERT_POSTGRES = text(
 )
 
 
+_FOLLOWERS = frozenset({"updated_at", "completed_at"})  # fields the API moves along with a change
+
+
 class TaskLike(Protocol):
     """What the task service hands over (its TaskState): the row and the resource as the API returns it."""
 
@@ -114,9 +117,10 @@ class Outbox:
         await self.record(session, "task.created", data["id"], data["user_id"], data)
 
     async def task_changed(self, session: Session, before: TaskLike, after: TaskLike) -> None:
-        """`completed`/`reopened` when `completed` is all that changed, else `updated`."""
+        """`completed`/`reopened` when `completed` is all that changed (`completed_at` and `updated_at` move with
+        every such change and do not count), else `updated`."""
         old, data = before.public(), after.public()
-        changed = {name for name, value in data.items() if name != "updated_at" and old.get(name) != value}
+        changed = {name for name, value in data.items() if name not in _FOLLOWERS and old.get(name) != value}
         kind = "task.updated"
         if changed == {"completed"}:
             kind = "task.completed" if data["completed"] else "task.reopened"

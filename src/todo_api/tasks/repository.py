@@ -25,19 +25,24 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     Select,
+    Text,
     any_,
     asc,
     bindparam,
     case,
     delete,
     desc,
+    exists,
     false,
     func,
     insert,
     literal_column,
+    null,
     or_,
     select,
+    text,
     true,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -46,18 +51,16 @@ from sqlalchemy.sql.elements import BindParameter
 from todo_api.db import Row, Session, utcnow
 from todo_api.tasks.models import task_counts, tasks
 
-SORT_COLUMNS = {
-    "created_at": tasks.c.created_at,
-    "updated_at": tasks.c.updated_at,
-    "title": tasks.c.title_key,
-    "completed": tasks.c.completed,
-}
 PUBLIC_COLUMNS = (
     tasks.c.id,
     tasks.c.user_id,
     tasks.c.title,
     tasks.c.description,
     tasks.c.completed,
+    tasks.c.completed_at,
+    tasks.c.priority,
+    tasks.c.due_at,
+    tasks.c.tags,
     tasks.c.version,
     tasks.c.created_at,
     tasks.c.updated_at,
@@ -96,6 +99,8 @@ def _update_values(fields: frozenset[str]) -> dict[str, Any]:
     values: dict[str, Any] = {name: bindparam(f"new_{name}") for name in sorted(fields)}
     if "title" in fields:
         values["title_key"] = bindparam("title_key")
+    if "completed" in fields:
+        values["completed_at"] = bindparam("completed_at")  # SQLite; PostgreSQL decides in the statement
     return values
 
 
@@ -122,14 +127,18 @@ def _pg_change(fields: frozenset[str]) -> Select[Any]:
     before = _locked_before()
     differs = or_(false(), *(before.c[name].is_distinct_from(bindparam(f"new_{name}")) for name in sorted(fields)))
     moment: BindParameter[datetime] = bindparam("now", type_=tasks.c.updated_at.type)
+    updated_at = func.greatest(moment, before.c.updated_at + literal_column("interval '1 microsecond'"))
+    values = _update_values(fields)
+    if "completed" in fields:
+        # The time `completed` last became true: kept while it stays true, gone while it is false.
+        new_completed: BindParameter[bool] = bindparam("new_completed", type_=Boolean)
+        values["completed_at"] = case(
+            (~new_completed, null()), (before.c.completed, before.c.completed_at), else_=updated_at
+        )
     after = (
         update(tasks)
         .where(tasks.c.id == before.c.id, _allowed(before), differs)
-        .values(
-            **_update_values(fields),
-            version=before.c.version + 1,
-            updated_at=func.greatest(moment, before.c.updated_at + literal_column("interval '1 microsecond'")),
-        )
+        .values(**values, version=before.c.version + 1, updated_at=updated_at)
         .returning(*PUBLIC_COLUMNS)
         .cte("after")
     )
@@ -168,23 +177,111 @@ def _change_params(changes: Mapping[str, Any]) -> dict[str, Any]:
     return params
 
 
-@lru_cache(maxsize=64)
-def _page_statement(sort_by: str, sort_order: str, by_completion: bool, by_text: bool) -> Select[Any]:
-    """A page and the exact total in one round trip: the count subquery is joined to the page, so the total
-    comes back even past the last page. Bind parameters: owner, completed, pattern, limit, offset."""
+# The column each listing sorts by. due_at sorts by a key with a sentinel for "no due date" that comes last in the
+# direction asked for, the same expressions as migration 0004's indexes (so the sort is an index scan).
+SORT_COLUMNS: dict[str, ColumnElement[Any]] = {
+    "created_at": tasks.c.created_at,
+    "updated_at": tasks.c.updated_at,
+    "title": tasks.c.title_key,
+    "completed": tasks.c.completed,
+    "priority": tasks.c.priority,
+}
+_DUE_SENTINELS = {
+    ("postgresql", "asc"): "'infinity'::timestamptz",
+    ("postgresql", "desc"): "'-infinity'::timestamptz",
+    ("sqlite", "asc"): "'9999-12-31 23:59:59.999999'",
+    ("sqlite", "desc"): "''",
+}
+
+
+def _due_key(due: ColumnElement[Any], dialect: str, sort_order: str) -> ColumnElement[Any]:
+    return func.coalesce(due, literal_column(_DUE_SENTINELS[dialect, sort_order]))
+
+
+def sort_key(dialect: str, sort_by: str, sort_order: str) -> ColumnElement[Any]:
+    if sort_by == "due_at":
+        return _due_key(tasks.c.due_at, dialect, sort_order)
+    return SORT_COLUMNS[sort_by]
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """A listing's filters, all combined with AND (None or empty: not filtered by it)."""
+
+    completed: bool | None = None
+    q: str | None = None
+    priority: int | None = None
+    tags: tuple[str, ...] = ()
+    due_min: datetime | None = None
+    due_max: datetime | None = None
+
+    @property
+    def counted_by_triggers(self) -> bool:
+        """Whether the owner's counters (migration 0003) know this total: unfiltered, or by `completed` only."""
+        return not (self.q or self.priority is not None or self.tags or self.due_min or self.due_max)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What decides a listing statement's SQL (its values are parameters)."""
+
+    dialect: str
+    sort_by: str
+    sort_order: str
+    completed: bool
+    q: bool
+    priority: bool
+    tags: int
+    due_min: bool
+    due_max: bool
+    after: bool  # a cursor: only what sorts after (key, id)
+
+
+def _filters(shape: _Shape) -> list[ColumnElement[bool]]:
     filters: list[ColumnElement[bool]] = [tasks.c.user_id == OWNER]
-    if by_completion:
+    if shape.completed:
         filters.append(tasks.c.completed == bindparam("completed"))
-    if by_text:
+    if shape.q:
         pattern: BindParameter[str] = bindparam("pattern")
         filters.append(tasks.c.title.ilike(pattern, escape="/") | tasks.c.description.ilike(pattern, escape="/"))
-    column = SORT_COLUMNS[sort_by]
-    direction = desc if sort_order == "desc" else asc
-    counted = _count_statement(by_completion, by_text, filters).subquery("counted")
+    if shape.priority:
+        filters.append(tasks.c.priority == bindparam("priority"))
+    if shape.tags and shape.dialect == "postgresql":
+        filters.append(tasks.c.tags.op("@>")(bindparam("tags", type_=ARRAY(Text))))  # the GIN index
+    elif shape.tags:
+        for index in range(shape.tags):  # SQLite keeps tags as a JSON array
+            each = func.json_each(tasks.c.tags).table_valued("value", name=f"tag_{index}")
+            filters.append(
+                exists(select(literal_column("1")).select_from(each).where(each.c.value == bindparam(f"tag_{index}")))
+            )
+    due_type = tasks.c.due_at.type
+    if shape.due_min:
+        filters.append(tasks.c.due_at >= bindparam("due_min", type_=due_type))
+    if shape.due_max:
+        filters.append(tasks.c.due_at < bindparam("due_max", type_=due_type))
+    return filters
+
+
+@lru_cache(maxsize=512)
+def _page_statement(shape: _Shape) -> Select[Any]:
+    """A page (one row more than asked, to tell whether another follows) and the exact total, in one round trip:
+    the count is joined to the page, so the total comes back even past the last page. Parameters: owner, the
+    filters', limit, offset, and with a cursor after_key and after_id."""
+    filters = _filters(shape)
+    direction = desc if shape.sort_order == "desc" else asc
+    key = sort_key(shape.dialect, shape.sort_by, shape.sort_order)
+    where = list(filters)
+    if shape.after:
+        after_key: ColumnElement[Any] = bindparam("after_key", type_=key.type)
+        if shape.sort_by == "due_at":
+            after_key = _due_key(bindparam("after_key", type_=tasks.c.due_at.type), shape.dialect, shape.sort_order)
+        after = tuple_(after_key, bindparam("after_id", type_=tasks.c.id.type))
+        where.append(tuple_(key, tasks.c.id) > after if shape.sort_order == "asc" else tuple_(key, tasks.c.id) < after)
+    counted = _count_statement(shape, filters).subquery("counted")
     page = (
-        select(*PUBLIC_COLUMNS, column.label("sort_key"))
-        .where(*filters)
-        .order_by(direction(column), direction(tasks.c.id))
+        select(*PUBLIC_COLUMNS, key.label("sort_key"))
+        .where(*where)
+        .order_by(direction(key), direction(tasks.c.id))
         .limit(bindparam("limit"))
         .offset(bindparam("offset"))
         .subquery("page")
@@ -196,18 +293,31 @@ def _page_statement(sort_by: str, sort_order: str, by_completion: bool, by_text:
     )
 
 
-def _count_statement(by_completion: bool, by_text: bool, filters: list[ColumnElement[bool]]) -> Select[Any]:
-    """The exact total: from the owner's counters (kept by triggers), unless a text search has to count rows."""
-    if by_text:
+def _count_statement(shape: _Shape, filters: list[ColumnElement[bool]]) -> Select[Any]:
+    """The exact total: from the owner's counters (kept by triggers) when they know it, else counted."""
+    if shape.q or shape.priority or shape.tags or shape.due_min or shape.due_max:
         return select(func.count().label("total")).select_from(tasks).where(*filters)
     completed_only: BindParameter[bool] = bindparam("completed", type_=Boolean)
     counter = (
         case((completed_only, task_counts.c.completed), else_=task_counts.c.total - task_counts.c.completed)
-        if by_completion
+        if shape.completed
         else task_counts.c.total
     )
     # max() over at most one row: an owner with no counter row yet still gets a row, with 0.
     return select(func.coalesce(func.max(counter), 0).label("total")).where(task_counts.c.user_id == OWNER)
+
+
+_TAGS = {
+    "postgresql": text(
+        "SELECT tag AS name, count(*) AS count FROM tasks, unnest(tasks.tags) AS tag WHERE tasks.user_id = :owner "
+        'GROUP BY tag ORDER BY tag COLLATE "C"'
+    ),
+    "sqlite": text(
+        "SELECT json_each.value AS name, count(*) AS count FROM tasks, json_each(tasks.tags) "
+        "WHERE tasks.user_id = :owner GROUP BY json_each.value ORDER BY json_each.value"
+    ),
+}
+_CLEAR_COMPLETED = delete(tasks).where(tasks.c.user_id == OWNER, tasks.c.completed).returning(*PUBLIC_COLUMNS)
 
 
 def _like_pattern(text: str) -> str:
@@ -233,16 +343,53 @@ class TaskRepository:
         return await self._one(_GET, {"owner": self.owner_id, "task_id": task_id})
 
     async def page(
-        self, sort_by: str, sort_order: str, completed: bool | None, q: str | None, limit: int, offset: int
+        self,
+        sort_by: str,
+        sort_order: str,
+        filters: Filters,
+        limit: int,
+        offset: int = 0,
+        after: tuple[Any, uuid.UUID] | None = None,
     ) -> Sequence[Row]:
-        """The rows of one page, each carrying `total` (one row with `id` null when the page is empty)."""
-        statement = _page_statement(sort_by, sort_order, completed is not None, bool(q))
+        """Up to `limit` rows of one page, each carrying `total` (one row with `id` null when the page is empty):
+        from `offset`, or, keyset-style, after the task whose sort key and id `after` gives."""
+        shape = _Shape(
+            self.session.dialect,
+            sort_by,
+            sort_order,
+            completed=filters.completed is not None,
+            q=bool(filters.q),
+            priority=filters.priority is not None,
+            tags=len(filters.tags),
+            due_min=filters.due_min is not None,
+            due_max=filters.due_max is not None,
+            after=after is not None,
+        )
         params: dict[str, Any] = {"owner": self.owner_id, "limit": limit, "offset": offset}
-        if completed is not None:
-            params["completed"] = completed
-        if q:
-            params["pattern"] = _like_pattern(q)
-        return await self.session.fetch(statement, params)
+        if filters.completed is not None:
+            params["completed"] = filters.completed
+        if filters.q:
+            params["pattern"] = _like_pattern(filters.q)
+        if filters.priority is not None:
+            params["priority"] = filters.priority
+        if filters.tags and shape.dialect == "postgresql":
+            params["tags"] = list(filters.tags)
+        else:
+            params.update({f"tag_{index}": tag for index, tag in enumerate(filters.tags)})
+        if filters.due_min is not None:
+            params["due_min"] = filters.due_min
+        if filters.due_max is not None:
+            params["due_max"] = filters.due_max
+        if after is not None:
+            params["after_key"], params["after_id"] = after
+        return await self.session.fetch(_page_statement(shape), params)
+
+    async def tag_counts(self) -> Sequence[Row]:
+        return await self.session.fetch(_TAGS[self.session.dialect], {"owner": self.owner_id})
+
+    async def delete_completed(self) -> Sequence[Row]:
+        """Every completed task of the owner's, deleted in one statement; their last states."""
+        return await self.session.fetch(_CLEAR_COMPLETED, {"owner": self.owner_id})
 
     def _judged(self, task_id: uuid.UUID, precondition: Precondition) -> dict[str, Any]:
         return {
@@ -266,13 +413,17 @@ class TaskRepository:
             return before, None
         if all(before[name] == value for name, value in changes.items()):
             return before, None
+        updated_at = next_updated_at(before["updated_at"], utcnow())
         params = {
             **_change_params(changes),
             "owner": self.owner_id,
             "task_id": task_id,
             "version": before["version"] + 1,
-            "updated_at": next_updated_at(before["updated_at"], utcnow()),
+            "updated_at": updated_at,
         }
+        if "completed" in changes:
+            kept = before["completed_at"] if before["completed"] else updated_at
+            params["completed_at"] = kept if changes["completed"] else None
         return before, await self._one(_sqlite_change(frozenset(changes)), params)
 
     async def delete(self, task_id: uuid.UUID, precondition: Precondition) -> tuple[Row | None, bool]:

@@ -5,8 +5,8 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
-from urllib.parse import quote
+from typing import Annotated, Literal
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request, status
 
@@ -14,7 +14,16 @@ from todo_api.context import AppContext
 from todo_api.docs import problems
 from todo_api.http import JsonResponse
 from todo_api.routing import OwnerRoute, operation_id
-from todo_api.tasks.schemas import ListQuery, Task, TaskCompletion, TaskPage, TaskPatch, TaskWrite
+from todo_api.tasks.schemas import (
+    Deleted,
+    ListQuery,
+    TagCounts,
+    Task,
+    TaskCompletion,
+    TaskPage,
+    TaskPatch,
+    TaskWrite,
+)
 from todo_api.tasks.service import TaskService, TaskState
 
 router = APIRouter(
@@ -54,10 +63,33 @@ async def create_task(request: Request, user_id: UserId, body: TaskWrite) -> Jso
 
 @router.get("", response_model=TaskPage, responses=problems(400, 401, 403, 503))
 async def list_tasks(request: Request, user_id: UserId, query: Annotated[ListQuery, Query()]) -> JsonResponse:
-    """A page of your tasks, newest first unless asked otherwise."""
-    async with _context(request).database.session(write=False) as session:
-        page = await TaskService(session, user_id).list(query)
-    return JsonResponse(page.public())
+    """A page of your tasks, newest first unless asked otherwise; by `page`, or walked with `cursor`."""
+    context = _context(request)
+    async with context.database.session(write=False) as session:
+        page = await TaskService(session, user_id, cursors=context.cursors).list(query)
+    headers = {}
+    if page.next_cursor is not None:
+        headers["Link"] = f'<{_next_page_url(request, page.next_cursor)}>; rel="next"'
+    return JsonResponse(page.public(), headers=headers)
+
+
+def _next_page_url(request: Request, cursor: str) -> str:
+    """This listing's URL (relative), with `cursor` in place of `page` (RFC 8288's `rel="next"` target)."""
+    kept = [(name, value) for name, value in request.query_params.multi_items() if name not in ("page", "cursor")]
+    return f"{request.url.path}?{urlencode([*kept, ('cursor', cursor)])}"
+
+
+@router.delete("", response_model=Deleted, responses=problems(400, 401, 403, 503))
+async def clear_completed_tasks(
+    request: Request,
+    user_id: UserId,
+    completed: Annotated[Literal["true"], Query(description="Must be `true`: only completed tasks are cleared.")],
+) -> JsonResponse:
+    """Delete every completed task of yours, in one transaction (an event for each)."""
+    context = _context(request)
+    async with context.database.session(write=True) as session:
+        deleted = await TaskService(session, user_id, context.events).clear_completed()
+    return JsonResponse({"deleted": deleted})
 
 
 @router.get("/{task_id}", response_model=Task, responses=problems(400, 401, 403, 404, 503))
@@ -113,3 +145,16 @@ async def delete_task(request: Request, user_id: UserId, task_id: TaskId, if_mat
     async with context.database.session(write=True) as session:
         task = await TaskService(session, user_id, context.events).delete(task_id, if_match)
     return _task_response(task)
+
+
+tags_router = APIRouter(
+    prefix="/api/{user_id}/tags", tags=["tasks"], route_class=OwnerRoute, generate_unique_id_function=operation_id
+)
+
+
+@tags_router.get("", response_model=TagCounts, responses=problems(401, 403, 503))
+async def list_tags(request: Request, user_id: UserId) -> JsonResponse:
+    """Every tag on your tasks, with how many carry it, sorted by name."""
+    async with _context(request).database.session(write=False) as session:
+        items = await TaskService(session, user_id).tag_counts()
+    return JsonResponse({"items": items})

@@ -8,14 +8,16 @@ import hashlib
 import math
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from todo_api.db import Session, utcnow
 from todo_api.errors import NotFound, PreconditionFailed
 from todo_api.events import Outbox
-from todo_api.tasks.repository import ANY_STATE, Precondition, TaskRepository
+from todo_api.tasks.cursors import Cursors, Position, listing_fingerprint
+from todo_api.tasks.models import PRIORITIES
+from todo_api.tasks.repository import ANY_STATE, Filters, Precondition, TaskRepository
 from todo_api.tasks.schemas import ListQuery, task_body
 
 
@@ -64,8 +66,9 @@ class TaskState:
 class Page:
     items: list[TaskState]
     total: int
-    page: int
+    page: int | None  # None in a cursor walk
     page_size: int
+    next_cursor: str | None
 
     def public(self) -> dict[str, Any]:
         return {
@@ -74,25 +77,34 @@ class Page:
             "page": self.page,
             "page_size": self.page_size,
             "pages": math.ceil(self.total / self.page_size),
+            "next_cursor": self.next_cursor,
         }
 
 
 class TaskService:
     """One owner's tasks, in one unit of work; `events` records what changed (None: events are off)."""
 
-    def __init__(self, session: Session, owner_id: str, events: Outbox | None = None) -> None:
+    def __init__(
+        self, session: Session, owner_id: str, events: Outbox | None = None, cursors: Cursors | None = None
+    ) -> None:
         self.session = session
         self.tasks = TaskRepository(session, owner_id)
         self.events = events
+        self.cursors = cursors
 
     async def create(self, fields: Mapping[str, Any]) -> TaskState:
         now = utcnow()
+        completed = fields.get("completed", False)
         values = {
             "id": uuid.uuid4(),
             "user_id": self.tasks.owner_id,
             "title": fields["title"],
             "description": fields.get("description"),
-            "completed": fields.get("completed", False),
+            "completed": completed,
+            "completed_at": now if completed else None,
+            "priority": PRIORITIES.index(fields.get("priority", "none")),
+            "due_at": fields.get("due_at"),
+            "tags": list(fields.get("tags", ())),
             "version": 1,
             "created_at": now,
             "updated_at": now,
@@ -110,19 +122,50 @@ class TaskService:
         return TaskState(row)
 
     async def list(self, query: ListQuery) -> Page:
-        offset = (query.page - 1) * query.page_size
-        rows = await self.tasks.page(
-            query.sort_by, query.sort_order, query.completion, query.q, query.page_size, offset
+        filters = Filters(
+            completed=query.completion,
+            q=query.q or None,
+            priority=None if query.priority is None else PRIORITIES.index(query.priority),
+            tags=tuple(dict.fromkeys(query.tag)),
+            due_min=query.due_min,
+            due_max=query.due_max,
         )
+        assert self.cursors is not None, "a listing needs the cursor signer"
+        listing = listing_fingerprint(self.tasks.owner_id, query.model_dump(exclude={"page", "cursor"}, mode="json"))
+        after = None
+        if query.cursor is not None:
+            position = self.cursors.decode(query.cursor, listing, query.sort_by)
+            after = (position.key, position.task_id)
+        offset = 0 if after is not None else (query.page - 1) * query.page_size
+        rows = await self.tasks.page(query.sort_by, query.sort_order, filters, query.page_size + 1, offset, after)
         total = rows[0]["total"] if rows else 0
         items = [TaskState(row) for row in rows if row["id"] is not None]
-        return Page(items, total, query.page, query.page_size)
+        next_cursor = None
+        if len(items) > query.page_size:
+            items = items[: query.page_size]
+            last = items[-1].row
+            key = last["title"].lower() if query.sort_by == "title" else last[query.sort_by]
+            next_cursor = self.cursors.encode(listing, query.sort_by, Position(key, last["id"]))
+        return Page(items, total, None if after is not None else query.page, query.page_size, next_cursor)
+
+    async def tag_counts(self) -> Sequence[dict[str, Any]]:
+        return [{"name": row["name"], "count": row["count"]} for row in await self.tasks.tag_counts()]
+
+    async def clear_completed(self) -> int:
+        """Delete every completed task of the owner's, in one unit of work, with an event for each."""
+        deleted = [TaskState(row) for row in await self.tasks.delete_completed()]
+        if self.events is not None:
+            for task in deleted:
+                await self.events.task_deleted(self.session, task)
+        return len(deleted)
 
     async def change(self, task_id: uuid.UUID, changes: Mapping[str, Any], if_match: str | None) -> TaskState:
         """Apply `changes` (editable fields) unless `If-Match` forbids it. A write that changes nothing writes
         nothing. Writers of one task queue on its row lock, so every unconditional write applies (last writer
         wins), and of writers carrying the same ETag exactly one succeeds."""
         condition = precondition(if_match, task_id)
+        if "priority" in changes:
+            changes = {**changes, "priority": PRIORITIES.index(changes["priority"])}
         before, after = await self.tasks.change(task_id, changes, condition)
         current = self._writable(before, condition)
         if after is None:
