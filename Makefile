@@ -78,7 +78,10 @@ bench: install wrk  ## todo-api vs the yardstick in ../shared/bench, same run (~
 bench-quick: install wrk  ## the same, one short run (~1 min)
 	$(BIN)/python bench/run.py --start-todo-api --start-reference --workers $(WORKERS) --quick $(BENCH_ARGS)
 
-.PHONY: bench-login-stall bench-scale
+.PHONY: bench-login-stall bench-scale bench-kafka
+
+bench-kafka: install  ## the relay draining a 20,000-event outbox into a real Kafka-protocol broker (tansu)
+	$(BIN)/python bench/kafka_drain.py $(KAFKA_ARGS)
 
 bench-login-stall: install wrk  ## list p99 alone and with 8 clients logging in (bcrypt 12), todo-api and the yardstick (~3 min)
 	$(BIN)/python bench/run.py --start-todo-api --start-reference --workers $(WORKERS) --scenarios login-stall $(BENCH_ARGS)

@@ -38,6 +38,8 @@ def _settings_or_exit(*, serving: bool, relaying: bool = False, workers: int = 1
     except ValidationError as error:
         first = error.errors()[0]
         name = ".".join(str(part) for part in first["loc"]).upper()
+        if not name:  # a rule between settings: its message names them
+            sys.exit(f"todo-api: invalid settings: {first['msg'].removeprefix('Value error, ')}")
         sys.exit(f"todo-api: invalid setting {name}: {first['msg']}")
     except ConfigError as error:
         sys.exit(f"todo-api: {error}")
@@ -83,7 +85,7 @@ def relay(_: argparse.Namespace) -> None:
 
     settings = _settings_or_exit(serving=False, relaying=True)
     if settings.events_publisher == "none":
-        sys.exit("todo-api: EVENTS_PUBLISHER is none, so there is nothing to relay (set log, dapr or redis)")
+        sys.exit("todo-api: EVENTS_PUBLISHER is none, so there is nothing to relay (set log, dapr, redis or kafka)")
     asyncio.run(serve_relay(settings))
 
 

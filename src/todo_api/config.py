@@ -88,13 +88,18 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = []
 
     # Events (the outbox and its relay; see todo_api.events). Declared after redis_url, which redis needs.
-    events_publisher: Literal["none", "log", "dapr", "redis"] = "none"
+    events_publisher: Literal["none", "log", "dapr", "redis", "kafka"] = "none"
     events_relay: Literal["inline"] | None = None
     events_topic: str = Field(default="todo-events", pattern=_NAME, max_length=249)
     events_source: str = Field(default="todo-api", pattern=r"^\S+$", max_length=255)
     events_retention_hours: float = Field(default=168.0, gt=0)
     dapr_http_port: int = Field(default=3500, ge=1, le=65535)
     dapr_pubsub_name: str = Field(default="pubsub", pattern=_NAME, max_length=255)
+    kafka_bootstrap_servers: str | None = Field(default=None, pattern=r"^[^\s,]+(,[^\s,]+)*$")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
 
     @field_validator("events_publisher", "events_relay", mode="before")
     @classmethod
@@ -109,6 +114,28 @@ class Settings(BaseSettings):
         if value == "redis" and not info.data.get("redis_url"):
             raise ValueError("redis needs REDIS_URL")
         return value
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.strip().upper() or None if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _kafka_fits_together(self) -> Settings:
+        if self.events_publisher == "kafka" and not self.kafka_bootstrap_servers:
+            raise ValueError("EVENTS_PUBLISHER=kafka needs KAFKA_BOOTSTRAP_SERVERS")
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and not (self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs KAFKA_SASL_MECHANISM, "
+                "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            )
+        if not sasl and (self.kafka_sasl_mechanism or self.kafka_sasl_username or self.kafka_sasl_password):
+            raise ValueError(
+                f"KAFKA_SASL_* settings need KAFKA_SECURITY_PROTOCOL=SASL_SSL (or SASL_PLAINTEXT), "
+                f"not {self.kafka_security_protocol}"
+            )
+        return self
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
