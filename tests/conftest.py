@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
+import re
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,42 @@ from todo_api.config import Settings
 from todo_api.db import parse_database_url
 from todo_api.main import create_app
 from todo_api.migrate import upgrade
+from todo_api.observability.logs import QUIET_LOGGERS, JsonFormatter
 
 SECRET = "test-secret-that-is-long-enough-for-hs512-too-0123456789abcdefgh"
+# What no log line of the whole run may hold: a JWT, a bcrypt hash, the test password or signing secret.
+LEAKS = re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]+|\$2[aby]\$\d\d\$")
 PASSWORD = "correct horse battery"
 _names = itertools.count()
+
+
+class _EveryRecord(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.setFormatter(JsonFormatter())
+        self.leaks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = self.format(record)
+        if LEAKS.search(line) or PASSWORD in line or SECRET in line:
+            self.leaks.append(line[:300])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log_line() -> Iterator[None]:
+    """Every log record of the whole run at INFO and above (every logger, access lines included), checked for
+    tokens, hashes, the password and the secret when the run ends."""
+    handler = _EveryRecord()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    previous = root.level
+    root.setLevel(logging.INFO)  # what the server logs by default (LOG_LEVEL=INFO), held back where it is
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    yield
+    root.setLevel(previous)
+    root.removeHandler(handler)
+    assert not handler.leaks, handler.leaks
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +102,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "login_rate_limit": "0",
         "login_ip_rate_limit": "0",
         "signup_rate_limit": "0",
+        "access_log": False,
     }
     if database_url == os.environ.get("TEST_DATABASE_URL") and os.environ.get("TEST_DATABASE_URL_DIRECT"):
         # The pooler pass: a plain PgBouncer URL, known to be one because a direct URL stands beside it.

@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 
 import uvicorn
 from pydantic import ValidationError
@@ -21,11 +23,11 @@ from todo_api.config import ConfigError, Settings, get_settings
 
 def _settings_or_exit(*, serving: bool, relaying: bool = False, workers: int = 1) -> Settings:
     """Settings that are safe to start with, or exit with a one-line reason."""
-    from todo_api.logs import configure_logging
+    from todo_api.observability.logs import configure_logging
 
     try:
         settings = get_settings()
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         if serving:
             settings.signing_secret()
             settings.check_serving()
@@ -51,6 +53,19 @@ def _exit_cleanly(signum: int, _frame: object) -> None:
 
 
 def serve(args: argparse.Namespace) -> None:
+    # Before anything imports prometheus_client (it picks its storage then) or reads the settings: the workers
+    # inherit both. Their metrics files live in a directory of the server's own, gone when it stops.
+    metrics_dir = tempfile.mkdtemp(prefix="todo-api-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    if not args.access_log:
+        os.environ["ACCESS_LOG"] = "false"
+    try:
+        _serve(args)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve(args: argparse.Namespace) -> None:
     from todo_api.server import BoundedHttpToolsProtocol
 
     _settings_or_exit(serving=True, workers=args.workers)
@@ -67,7 +82,7 @@ def serve(args: argparse.Namespace) -> None:
         loop="uvloop",
         http=BoundedHttpToolsProtocol,
         log_config=None,
-        access_log=args.access_log,
+        access_log=False,  # the app writes its own access line (todo_api.access), with the route and duration
         proxy_headers=False,  # TRUSTED_PROXIES decides whom to believe, not uvicorn
         timeout_graceful_shutdown=args.graceful_timeout,
     )

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production"] = "development"
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    access_log: bool = True  # one line per request (todo_api.access); `todo-api serve --no-access-log` turns it off
+    metrics_enabled: bool = True
+    metrics_token: SecretStr | None = None
 
     better_auth_secret: SecretStr | None = None
     better_auth_url: str | None = None
@@ -100,6 +104,16 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _no_empty_token(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("events_publisher", "events_relay", mode="before")
     @classmethod

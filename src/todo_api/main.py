@@ -40,12 +40,14 @@ from todo_api.errors import (
 from todo_api.errors import problem_response as render
 from todo_api.events.relay import inline_relay
 from todo_api.http import JsonResponse, error_items
-from todo_api.logs import configure_logging, tag_records_with_request_id
 from todo_api.middleware import (
     GuardMiddleware,
     ProblemCORSMiddleware,
     RequestContextMiddleware,
 )
+from todo_api.observability.logs import configure_logging, tag_records_with_request_id
+from todo_api.observability.metrics import mark_worker_gone, metrics_endpoint
+from todo_api.observability.tracing import Tracing, start_tracing
 from todo_api.ratelimit import Throttles
 from todo_api.routing import assert_guarded, operation_id
 from todo_api.tasks.cursors import Cursors
@@ -56,12 +58,16 @@ log = logging.getLogger(__name__)
 _PING = text("SELECT 1")
 
 
-def build_context(settings: Settings) -> AppContext:
+def build_context(settings: Settings, tracing: Tracing | None = None) -> AppContext:
     secret = settings.signing_secret()  # raises ConfigError before anything else starts
     settings.check_serving()
     database = Database(settings)
+    if tracing is not None and database.engine is not None:
+        tracing.instrument_engine(database.engine)
     # With events on, every change is recorded in the outbox, in the unit of work that makes it.
-    outbox = events.Outbox(settings.events_source) if database.writes_record_events else None
+    outbox = None
+    if database.writes_record_events:
+        outbox = events.Outbox(settings.events_source, tracing.traceparent if tracing is not None else None)
     jwks = None
     if settings.jwks_url:
         jwks = JwksVerifier(
@@ -86,9 +92,10 @@ def build_context(settings: Settings) -> AppContext:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     if not logging.getLogger().handlers:  # a uvicorn worker process starts with none
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
     tag_records_with_request_id()
-    context = build_context(settings)
+    tracing = start_tracing()  # None unless OTEL_EXPORTER_OTLP_ENDPOINT is set: then nothing is imported
+    context = build_context(settings, tracing)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -103,6 +110,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with inline_relay(settings):  # EVENTS_RELAY=inline: this worker relays the outbox too
             yield
         gc.unfreeze()  # collectable again (an app that stops inside a longer-lived process, such as the tests)
+        mark_worker_gone()
+        if tracing is not None:
+            tracing.shutdown()
         await context.database.close()
         context.accounts.hasher.close()
         if context.jwks is not None:
@@ -135,6 +145,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # time. Their paths, tags, responses and route classes are complete already (the routers add nothing).
     app.router.routes[:0] = [*tasks_router.routes, *tags_router.routes, *auth_router.routes]
     app.include_router(problem_pages)
+    if settings.metrics_enabled:
+        app.add_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     assert_guarded(app)
 
     @app.get("/health", tags=["operations"], response_model=Status)
@@ -167,7 +179,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_credentials=False,
             max_age=600,
         )
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, metrics=settings.metrics_enabled, access_log=settings.access_log)
+    if tracing is not None:
+        tracing.instrument(app)  # outermost: the server span covers everything below
     return app
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from contextvars import ContextVar
+import time
 
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
@@ -25,18 +25,23 @@ from todo_api.errors import (
     error_item,
     problem_response,
 )
+from todo_api.observability.logs import access_log, request_id_var
+from todo_api.observability.metrics import UNCOUNTED_PATHS, observe_request
 
 log = logging.getLogger(__name__)
 
-request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
 class RequestContextMiddleware:
-    """Gives every request an id (the client's own when it is sane), echoed on every response."""
+    """Gives every request an id (the client's own when it is sane), echoed on every response; then counts it in
+    the request metrics (not the probes nor `/metrics` itself) and writes its access line, both by the route
+    template the router matched (`/api/{user_id}/tasks`, never the raw path: `unmatched` when none did)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: bool = False, access_log: bool = False) -> None:
         self.app = app
+        self.metrics = metrics
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,16 +54,40 @@ class RequestContextMiddleware:
             raw_id = os.urandom(16).hex().encode()
         token = request_id_var.set(raw_id.decode())
         extra = [(b"x-request-id", raw_id), (b"x-content-type-options", b"nosniff")]
+        started = time.perf_counter()
+        status = 500  # what the client sees if the app ends without answering
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
+            if self.metrics or self.access_log:
+                self._observe(scope, status, time.perf_counter() - started)
             request_id_var.reset(token)
+
+    def _observe(self, scope: Scope, status: int, seconds: float) -> None:
+        path: str = scope["path"]
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        method: str = scope["method"]
+        if self.metrics and path not in UNCOUNTED_PATHS:
+            observe_request(method, route, status, seconds)
+        if self.access_log:
+            client = scope.get("client")
+            fields = {
+                "method": method,
+                "path": path,  # never the query string
+                "route": route,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 2),
+                "client": client[0] if client else None,
+            }
+            access_log.info("%s %s %d %.2fms", method, path, status, seconds * 1000, extra=fields)
 
 
 def header_bytes(headers: list[tuple[bytes, bytes]]) -> int:

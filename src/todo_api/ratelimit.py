@@ -16,6 +16,7 @@ from limits.storage import storage_from_string
 
 from todo_api.config import Settings
 from todo_api.errors import RateLimited, Unavailable
+from todo_api.observability.metrics import RATE_LIMIT_REJECTIONS
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class Throttle:
         except Exception as error:
             raise _unavailable(error) from None
         log.info("rate limit %s refused an attempt", self.name)
+        RATE_LIMIT_REJECTIONS.labels(self.name.replace("-", "_")).inc()
         raise RateLimited("Too many attempts; try again later.", retry_after=stats.reset_time - time.time())
 
     async def give_back(self, *key: str) -> None:

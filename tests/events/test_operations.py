@@ -40,8 +40,12 @@ def refusal(args: list[str], cwd: Path, **extra: str) -> str:
 
 
 def test_an_unknown_publisher_stops_serve_with_one_line(tmp_path: Path) -> None:
+    line = refusal(["serve"], tmp_path, EVENTS_PUBLISHER="rabbit")
+    assert line == (
+        "todo-api: invalid setting EVENTS_PUBLISHER: Input should be 'none', 'log', 'dapr', 'redis' or 'kafka'"
+    )
     line = refusal(["serve"], tmp_path, EVENTS_PUBLISHER="kafka")
-    assert line == "todo-api: invalid setting EVENTS_PUBLISHER: Input should be 'none', 'log', 'dapr' or 'redis'"
+    assert line == "todo-api: invalid settings: EVENTS_PUBLISHER=kafka needs KAFKA_BOOTSTRAP_SERVERS"
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from typing import ParamSpec, TypeVar
 import bcrypt
 
 from todo_api.errors import Unavailable
+from todo_api.observability.metrics import HASHES_WAITING
 
 BCRYPT_MAX_BYTES = 72
 
@@ -51,6 +52,7 @@ class PasswordHasher:
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         self.waiting += 1
+        HASHES_WAITING.inc()
         try:
             async with asyncio.timeout(self._max_wait):
                 await self._turns.acquire()
@@ -58,6 +60,7 @@ class PasswordHasher:
             raise Unavailable("Too many password checks are waiting; try again shortly.", retry_after=1) from None
         finally:
             self.waiting -= 1
+            HASHES_WAITING.dec()
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
         finally:

@@ -25,6 +25,7 @@ from todo_api.config import Settings
 from todo_api.db.errors import is_pooler_error, is_unavailable
 from todo_api.db.url import DatabaseUrl, parse_database_url
 from todo_api.errors import Unavailable
+from todo_api.observability.metrics import DB_IN_USE, DB_WAITING
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,11 @@ class Database:
     async def _postgres(self, *, write: bool) -> AsyncIterator[Session]:
         try:
             async with asyncio.timeout(self._timeout):
-                await self._slots.acquire()
+                DB_WAITING.inc()
+                try:
+                    await self._slots.acquire()
+                finally:
+                    DB_WAITING.dec()
                 # Chosen only now: the pool (and the way it is used) may have been replaced while this one waited.
                 pool: asyncpg.Pool = self._pool
                 transaction = (write and self.writes_record_events) or self.url.pooled
@@ -238,6 +243,7 @@ class Database:
                     raise
         except TimeoutError:
             raise Unavailable("The database is too busy or not answering.") from None
+        DB_IN_USE.inc()
         try:
             if transaction:
                 await connection.execute("BEGIN")
@@ -263,6 +269,7 @@ class Database:
                 raise Unavailable("The database connection was reconfigured; try again.", retry_after=1) from None
             raise
         finally:
+            DB_IN_USE.dec()
             try:
                 await pool.release(connection)
             finally:
@@ -297,5 +304,17 @@ class Database:
     @asynccontextmanager
     async def _sqlite(self, *, write: bool) -> AsyncIterator[Session]:
         assert self.engine is not None
-        async with (self._writer if write else self.engine).connect() as connection, connection.begin():
-            yield SqlAlchemySession(connection)
+        DB_WAITING.inc()
+        waiting = True
+        try:
+            async with (self._writer if write else self.engine).connect() as connection, connection.begin():
+                DB_WAITING.dec()
+                waiting = False
+                DB_IN_USE.inc()
+                try:
+                    yield SqlAlchemySession(connection)
+                finally:
+                    DB_IN_USE.dec()
+        finally:
+            if waiting:
+                DB_WAITING.dec()

@@ -21,6 +21,7 @@ Per-user commit order, which the relay relies on (see `todo_api.events.relay`):
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -80,11 +81,12 @@ class Outbox:
     """Records changes as CloudEvents: one outbox row each, inserted on the caller's session, in its unit of work
     (the services hold one when events are on, and call it right after their write)."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, traceparent: Callable[[], str | None] | None = None) -> None:
         self.source = source
+        self._traceparent = traceparent  # with tracing on: the W3C traceparent of the request recording an event
 
     def cloud_event(self, kind: str, subject: str, owner: str, data: dict[str, Any]) -> dict[str, Any]:
-        return {
+        event = {
             "specversion": SPECVERSION,
             "id": str(uuid.uuid4()),
             "source": self.source,
@@ -95,6 +97,9 @@ class Outbox:
             "partitionkey": owner,  # the CloudEvents partitioning extension
             "data": data,
         }
+        if self._traceparent is not None and (traceparent := self._traceparent()) is not None:
+            event["traceparent"] = traceparent  # the CloudEvents distributed-tracing extension
+        return event
 
     async def record(
         self, session: Session, kind: str, subject: str, owner: str, data: dict[str, Any]
