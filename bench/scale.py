@@ -71,8 +71,19 @@ from run import (
     write_lua_data,
 )
 
-COLUMNS = ("id", "user_id", "title", "title_key", "description", "completed", "version", "created_at", "updated_at")
-SORTS = ("created_at", "updated_at", "title", "completed")
+COLUMNS = (
+    "id", "user_id", "title", "title_key", "description", "completed", "version", "created_at", "updated_at",
+    "priority", "due_at", "tags", "completed_at",
+)  # fmt: skip
+SORTS = ("created_at", "updated_at", "title", "completed", "priority", "due_at")
+# 40 tags; each task carries 0-3 of them, the first ones more often (so "home" is common, "t39" rare).
+TAGS = ("home", "work", "errand", "phone", *(f"t{i}" for i in range(4, 40)))
+# The filtered first pages (of the big owner against the small one): a common tag, a priority, a due range.
+FILTERS = {
+    "tag": "?tag=home",
+    "priority": "?priority=high",
+    "due range": "?due_min=2026-01-01T00:00:00Z&due_max=2026-02-01T00:00:00Z",
+}
 ORDERS = ("desc", "asc")
 SPAN = timedelta(days=730)  # created_at spread over the two years before the load
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -165,6 +176,11 @@ def csv_rows(owners: list[Owner], rng: random.Random) -> Iterator[tuple[str | No
         title = title_of(rng)
         description = None if rng.random() < 0.33 else f"{title}: {rng.choice(PHRASES)}"
         created_at = (start + timedelta(microseconds=created)).isoformat()
+        updated_at = created_at if updated == created else (start + timedelta(microseconds=updated)).isoformat()
+        due = None
+        if rng.random() < 0.6:  # most tasks have a due date, within a year either side of now
+            due = (datetime.now(UTC) + timedelta(days=rng.uniform(-365, 365))).isoformat()
+        tags = sorted({TAGS[min(int(rng.expovariate(0.15)), len(TAGS) - 1)] for _ in range(rng.randint(0, 3))})
         yield (
             str(uuid.UUID(int=rng.getrandbits(128), version=4)),
             owners[index].id,
@@ -174,7 +190,11 @@ def csv_rows(owners: list[Owner], rng: random.Random) -> Iterator[tuple[str | No
             "t" if completed else "f",
             str(version),
             created_at,
-            created_at if updated == created else (start + timedelta(microseconds=updated)).isoformat(),
+            updated_at,
+            str(rng.randint(0, 3)),
+            due,
+            "{" + ",".join(tags) + "}",
+            updated_at if completed else None,
         )
 
 
@@ -314,7 +334,9 @@ def compiled_list_sql() -> tuple[str, list[str]] | None:
     try:
         dialect = importlib.import_module("sqlalchemy.dialects.postgresql.asyncpg").dialect()
         service = importlib.import_module("todo_api.tasks.repository")
-        statement = service._page_statement("created_at", "desc", False, False)
+        statement = service._page_statement(
+            service._Shape("postgresql", "created_at", "desc", *([False] * 4), 0, *([False] * 3))
+        )
         compiled = statement.compile(dialect=dialect)
         # The statement's own literals (e.g. the 0 of coalesce(total, 0)) are parameters with a value.
         LITERALS.update(
@@ -408,8 +430,28 @@ def cases(deep_pages: list[int]) -> list[Case]:
     found = [
         Case(f"list {s} {o}", "list", f"?sort_by={s}&sort_order={o}", first_page=True) for s in SORTS for o in ORDERS
     ]
+    found += [Case(f"list {name}", "list", query, first_page=True) for name, query in FILTERS.items()]
     found += [Case(f"list page {p}", "list", f"?page={p}", ("big",)) for p in deep_pages]
+    # Keyset pages at the same depths (and the last page): the cursor of page p-1's answer, fetched at run time.
+    found += [Case(f"list cursor {p}", "list", f"cursor:{p}", ("big",)) for p in [*deep_pages, -1]]
     return [*found, Case("get", "get"), Case("create", "create")]  # create last: it grows the lists
+
+
+def cursor_query(server_url: str, owner: Owner, token: str, page: int) -> str:
+    """`?cursor=…` for page `page` of the owner's default listing (-1: its last page), from page-1's answer."""
+    if page == -1:
+        page = max(1, -(-owner.count // 20))
+    with httpx.Client(base_url=server_url, timeout=120) as client:
+        response = client.get(
+            f"/api/{quote(owner.id, safe='')}/tasks",
+            params={"page": max(1, page - 1)},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    response.raise_for_status()
+    cursor = response.json()["next_cursor"]
+    if cursor is None:
+        raise BenchError(f"page {page - 1} of the big owner has no next page")
+    return f"?cursor={cursor}"
 
 
 def mint(secret: str, owner_id: str) -> str:
@@ -460,7 +502,10 @@ def run_cases(
                 owner = by_label[label]
                 user = SeedUser(id=owner.id, name=label, token=tokens[owner.id], tasks=task_ids[label])
                 data_file = Path(tmp) / f"{label}.lua"
-                write_lua_data(data_file, server_url, {"users": [user], "writers": [user]}, case.query)
+                query = case.query
+                if query.startswith("cursor:"):
+                    query = cursor_query(server_url, owner, tokens[owner.id], int(query.removeprefix("cursor:")))
+                write_lua_data(data_file, server_url, {"users": [user], "writers": [user]}, query)
                 servers[label] = Server(label, server_url, server_pid, data_file)
                 case.results[label] = []
             for i in range(args.runs):
@@ -551,11 +596,11 @@ def build_report(todo: list[Case], owners: list[Owner], args: argparse.Namespace
         report["cases"][case.name] = entry
     first = report["cases"].get("list created_at desc", {}).get("big")
     for name, entry in report["cases"].items():
-        if name.startswith("list page ") and first:
+        if name.startswith(("list page ", "list cursor ")) and first:
             entry["over_first_page"] = ratios(entry["big"]["median"], first["median"])
     worst = max(
         ((name, e["big_over_small"]["time_per_req"] or 0.0) for name, e in report["cases"].items() if "list " in name
-         and "big_over_small" in e),
+         and "big_over_small" in e and e.get("query") not in FILTERS.values()),
         key=lambda item: item[1],
         default=("-", 0.0),
     )  # fmt: skip
@@ -604,6 +649,47 @@ def format_report(report: dict[str, Any]) -> str:
         "this database (parallel workers not included); errors: non-2xx, socket errors and timeouts",
     ]
     return "\n".join(lines)
+
+
+def feature_plans(database_url: str, big: Owner) -> dict[str, str]:
+    """EXPLAIN (ANALYZE) of the big owner's first pages for the sorts and filters of migration 0004, and of a
+    keyset page 4,000 pages deep: the statements the repository builds, their parameters as SQL literals."""
+    repository = importlib.import_module("todo_api.tasks.repository")
+    dialect = importlib.import_module("sqlalchemy.dialects.postgresql.asyncpg").dialect()
+    deep = (
+        psql(
+            database_url,
+            "SELECT created_at, id FROM tasks WHERE user_id = "  # noqa: S608 -- our own uuid
+            f"'{big.id}' ORDER BY created_at DESC, id DESC OFFSET {min(big.count - 1, 79_999)} LIMIT 1",
+        )
+        .strip()
+        .split("|")
+    )
+    owner = f"'{big.id}'"
+    values = {"owner": owner, "limit": "21", "offset": "0", "tags": "ARRAY['t12']::text[]", "priority": "3",
+              "due_min": "'2026-01-01T00:00:00Z'::timestamptz", "due_max": "'2026-02-01T00:00:00Z'::timestamptz",
+              "after_key": f"'{deep[0]}'::timestamptz", "after_id": f"'{deep[-1]}'::uuid"}  # fmt: skip
+    shapes: dict[str, tuple[str, str, dict[str, int]]] = {
+        "sort priority desc": ("priority", "desc", {}),
+        "sort due_at asc": ("due_at", "asc", {}),
+        "sort due_at desc": ("due_at", "desc", {}),
+        "tag filter (t12)": ("created_at", "desc", {"tags": 1}),
+        "priority filter": ("created_at", "desc", {"priority": 1}),
+        "due range": ("created_at", "desc", {"due_min": 1, "due_max": 1}),
+        "cursor page 4000": ("created_at", "desc", {"after": 1}),
+    }
+    plans = {}
+    for name, (sort_by, order, flags) in shapes.items():
+        shape = repository._Shape(
+            "postgresql", sort_by, order, completed=False, q=False, priority=bool(flags.get("priority")),
+            tags=int(flags.get("tags", 0)), due_min=bool(flags.get("due_min")), due_max=bool(flags.get("due_max")),
+            after=bool(flags.get("after")),
+        )  # fmt: skip
+        compiled = repository._page_statement(shape).compile(dialect=dialect)
+        literals = {n: repr(b.effective_value) for n, b in compiled.binds.items() if not b.required}
+        params = [{**literals, **values}[n] for n in compiled.positiontup or []]
+        plans[name] = explain(database_url, str(compiled), params)
+    return plans
 
 
 def format_plans(plans: dict[str, Any]) -> str:
@@ -680,6 +766,7 @@ def main(argv: list[str] | None = None) -> int:
             tokens = {o.id: mint(secret, o.id) for o in owners[:2]}
             check_server(url, owners, tokens)
             plans = capture_plans(database_url, url, owners, tokens)
+            plans["plans"].update(feature_plans(database_url, owners[0]))
             print(format_plans(plans), flush=True)
             if args.load_only:
                 log(f"--load-only: database {args.database} kept ({database_url}); drop it with dropdb when done")

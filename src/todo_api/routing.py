@@ -48,6 +48,7 @@ async def read_json_body(request: Request) -> None:
     JSON object is a 400 naming `body`; an empty body is left for the route's default."""
     raw = await request.body()
     if not raw.strip():
+        request._body = b""  # white space alone is no body, as an empty one is
         return
     try:
         data = orjson.loads(raw)

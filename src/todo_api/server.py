@@ -17,8 +17,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from todo_api.bounds import MAX_HEADER_BYTES
 from todo_api.errors import HeadersTooLarge, problem_body
 
-# Room for the request line (a long URL) and `: ` and CRLF around every header, on top of the app's limit.
-RAW_HEADER_BYTES = MAX_HEADER_BYTES + 8 * 1024
+# Well above the app's limit: heads between the two are refused by the app itself, with CORS headers and the
+# client's request id; this only keeps a server from buffering megabytes of them.
+RAW_HEADER_BYTES = 4 * MAX_HEADER_BYTES
 
 
 # After refusing, what the client still sends is read and dropped for a while (a "lingering close", as Apache
@@ -43,24 +44,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if self._dropped > LINGER_BYTES:
                 self.transport.close()
             return
-        if self._in_head:
+        super().data_received(data)
+        # Counted only while a head is still incomplete after this read: bytes of a body that came in the same
+        # read as the end of its head are not head bytes.
+        if self._in_head and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > RAW_HEADER_BYTES:
                 self._refuse()
-                return
-        super().data_received(data)
 
     def on_message_begin(self) -> None:
-        self._in_head = True
+        self._in_head = True  # the next request's head starts here (its first byte is parsed)
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
         self._in_head, self._head_bytes = False, 0
         super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self._in_head = True  # what comes next on this connection is the next request's head
 
     def _refuse(self) -> None:
         body = orjson.dumps(

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from tests.auth.test_throttling import PROXY, fail_login, from_address, random_address
-from tests.conftest import PASSWORD, SECRET, AppClient, assert_problem, error_locs, sign_up
+from tests.conftest import PASSWORD, SECRET, AppClient, assert_problem, error_locs, sign_up, signup_body
 from tests.test_cli import environment, free_port, run, serving
 from todo_api import config
 from todo_api.auth.tokens import TokenService
@@ -130,9 +130,16 @@ def test_the_server_refuses_a_huge_header_without_reading_it_all(tmp_path: Path)
         assert head.startswith(b"HTTP/1.1 431")
         assert b"content-type: application/problem+json" in head.lower()
         assert orjson.loads(body)["type"] == "/problems/headers-too-large"
-        # Between the app's limit and the protocol's: the app answers, the same way.
-        response = httpx.get(f"{base}/health", headers={"X-Padding": "x" * (18 * 1024)})
+        # Between the app's limit and the protocol's: the app answers, the same way (its own request id kept).
+        response = httpx.get(f"{base}/health", headers={"X-Padding": "x" * (18 * 1024), "X-Request-ID": "mine"})
         assert_problem(response, 431, "headers-too-large")
+        assert response.headers["x-request-id"] == "mine"
+        # A body is not a head: 40 KB of it, read with its head, is fine; over 64 KiB it is 413, not 431.
+        padded = orjson.dumps(signup_body())[:-1] + b" " * 40_000 + b"}"
+        signup = httpx.post(f"{base}/api/auth/signup", content=padded, headers={"Content-Type": "application/json"})
+        assert signup.status_code == 201, signup.text
+        too_big = httpx.post(f"{base}/api/auth/login", content=b"{" + b" " * 70_000 + b"}")
+        assert_problem(too_big, 413, "payload-too-large")
         assert httpx.get(f"{base}/health").status_code == 200  # and the server is fine
 
 
@@ -317,3 +324,18 @@ async def test_a_refused_preflight_names_what_was_refused(
     response = await client.options("/api/someone/tasks", headers=headers)
     assert_problem(response, 400, "validation")
     assert error_locs(response) == [loc]
+
+
+@pytest.mark.parametrize("sub", ["a\ud800b", "nul\x00", "x" * 256])
+async def test_a_token_whose_sub_cannot_be_a_user_id_is_401(client: httpx.AsyncClient, sub: str) -> None:
+    token = jwt.encode({"sub": sub, "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    response = await client.get("/api/auth/me", headers={"Authorization": f"Bearer {token}"})
+    assert_problem(response, 401, "unauthorized")
+
+
+async def test_cors_exposes_the_link_header(app_client: AppClient) -> None:
+    client = await app_client(cors_origins="https://app.example")
+    owner = await sign_up(client)
+    response = await client.get(owner.tasks, headers={**owner.auth, "Origin": "https://app.example"})
+    exposed = {name.strip().lower() for name in response.headers["access-control-expose-headers"].split(",")}
+    assert {"etag", "location", "x-request-id", "retry-after", "link"} <= exposed

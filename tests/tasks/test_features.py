@@ -281,3 +281,43 @@ async def test_filters_by_priority_tags_and_due_range_are_combined(client: httpx
         await client.get(alice.tasks, params={"sort_by": "due_at", "sort_order": "desc"}, headers=alice.auth)
     ).json()
     assert [task["title"] for task in due_sorted["items"]] == ["b", "c", "a", "d"]  # no due date: last
+
+
+async def test_several_if_match_lines_are_one_list(client: httpx.AsyncClient, alice: Account) -> None:
+    created = await client.post(alice.tasks, json={"title": "listed"}, headers=alice.auth)
+    url = f"{alice.tasks}/{created.json()['id']}"
+    headers = [*alice.auth.items(), ("If-Match", '"9-0000000000000000"'), ("If-Match", created.headers["etag"])]
+    response = await client.patch(url, json={"title": "two lines"}, headers=headers)
+    assert response.status_code == 200, response.text
+    stale = [*alice.auth.items(), ("If-Match", '"9-0000000000000000"'), ("If-Match", created.headers["etag"])]
+    assert_problem(await client.patch(url, json={"title": "again"}, headers=stale), 412, "precondition-failed")
+
+
+async def test_a_body_of_white_space_is_no_body(client: httpx.AsyncClient, alice: Account) -> None:
+    task = await create_task(client, alice)
+    response = await client.patch(
+        f"{alice.tasks}/{task['id']}/complete",
+        content=b"  \n ",
+        headers={**alice.auth, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["completed"] is True
+
+
+async def test_clear_completed_wants_one_plain_consent(client: httpx.AsyncClient, alice: Account) -> None:
+    await create_task(client, alice, completed=True)
+    for query in ("completed=false&completed=true", "completed=true&completed=true", "completed=TRUE"):
+        response = await client.delete(f"{alice.tasks}?{query}", headers=alice.auth)
+        assert_problem(response, 400, "validation")
+    assert (await client.get(alice.tasks, headers=alice.auth)).json()["total"] == 1
+
+
+async def test_the_order_of_tag_filters_does_not_change_the_listing(client: httpx.AsyncClient, alice: Account) -> None:
+    for _ in range(3):
+        await create_task(client, alice, tags=["a", "b"])
+    first = (await client.get(f"{alice.tasks}?tag=a&tag=b&page_size=1", headers=alice.auth)).json()
+    response = await client.get(
+        f"{alice.tasks}?tag=b&tag=A&page_size=1&cursor={first['next_cursor']}", headers=alice.auth
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["items"][0]["id"] != first["items"][0]["id"]

@@ -29,6 +29,8 @@ BAD_FIELDS = [
     ({"title": "ok", "due_at": "2026-12-24"}, "due_at"),
     ({"title": "ok", "due_at": 1798000000}, "due_at"),
     ({"title": "ok", "due_at": "next tuesday"}, "due_at"),
+    ({"title": "ok", "due_at": "0001-01-01T00:00:00+01:00"}, "due_at"),  # before year 1 in UTC
+    ({"title": "ok", "due_at": "9999-12-31T23:59:59-01:00"}, "due_at"),  # after year 9999 in UTC
     ({"title": "ok", "tags": "work"}, "tags"),
     ({"title": "ok", "tags": [f"t{i}" for i in range(21)]}, "tags"),
     ({"title": "ok", "tags": ["x" * 33]}, "tags"),

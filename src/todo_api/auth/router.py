@@ -47,8 +47,7 @@ async def count_signup_attempt(request: Request, context: ContextDep) -> None:
 )
 async def signup(context: ContextDep, body: SignupIn) -> JsonResponse:
     """Create an account and get a token for it."""
-    async with context.database.session(write=True) as session:
-        user = await context.accounts.signup(session, body)
+    user = await context.accounts.signup(context.database, body)
     return token_response(context, user, status.HTTP_201_CREATED)
 
 
@@ -56,8 +55,7 @@ async def signup(context: ContextDep, body: SignupIn) -> JsonResponse:
 async def login(request: Request, context: ContextDep, body: LoginIn) -> JsonResponse:
     """Exchange a username (or email) and password for a token."""
     client = client_address(request, context.settings.trusted_proxies)
-    async with context.database.session(write=False) as session:
-        user = await context.accounts.login(session, body, client)
+    user = await context.accounts.login(context.database, body, client)
     return token_response(context, user, status.HTTP_200_OK)
 
 

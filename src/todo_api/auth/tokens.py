@@ -81,11 +81,24 @@ def decode(
 KEPT_CLAIMS = ("sub", "name", "email", "exp", "nbf", "iat")
 
 
+MAX_SUBJECT = 255  # what an owner id column holds
+
+
 def checked_subject(claims: dict[str, Any]) -> Principal:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise Unauthorized("token sub must be a non-empty string")
+    if len(sub) > MAX_SUBJECT or "\x00" in sub or not _encodable(sub):
+        raise Unauthorized("token sub is not a usable user id")
     return Principal(sub=sub, claims={name: claims[name] for name in KEPT_CLAIMS if name in claims})
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 def unverified_header(token: str) -> dict[str, Any]:

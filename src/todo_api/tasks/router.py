@@ -12,6 +12,7 @@ from fastapi import APIRouter, Body, Header, Path, Query, Request, status
 
 from todo_api.context import AppContext
 from todo_api.docs import problems
+from todo_api.errors import ValidationFailed
 from todo_api.http import JsonResponse
 from todo_api.routing import OwnerRoute, operation_id
 from todo_api.tasks.schemas import (
@@ -32,6 +33,8 @@ router = APIRouter(
 
 UserId = Annotated[str, Path(description="The owner's id: the token's `sub`, as `GET /api/auth/me` gives it.")]
 TaskId = Annotated[uuid.UUID, Path(description="The task's id (a UUID).")]
+# Declared on each write for the document (and FastAPI's header checks); read whole by `_if_match`, since a
+# client may send several `If-Match` lines.
 IfMatch = Annotated[
     str | None,
     Header(
@@ -86,6 +89,8 @@ async def clear_completed_tasks(
     completed: Annotated[Literal["true"], Query(description="Must be `true`: only completed tasks are cleared.")],
 ) -> JsonResponse:
     """Delete every completed task of yours, in one transaction (an event for each)."""
+    if request.query_params.getlist("completed") != ["true"]:  # `completed=false&completed=true` is no consent
+        raise ValidationFailed.one(["query", "completed"], "Give completed=true exactly once", "literal_error")
     context = _context(request)
     async with context.database.session(write=True) as session:
         deleted = await TaskService(session, user_id, context.events).clear_completed()
@@ -100,12 +105,17 @@ async def get_task(request: Request, user_id: UserId, task_id: TaskId) -> JsonRe
     return _task_response(task)
 
 
-async def _change(
-    request: Request, user_id: str, task_id: uuid.UUID, changes: dict[str, object], if_match: str | None
-) -> JsonResponse:
+def _if_match(request: Request) -> str | None:
+    """Every `If-Match` line the request has, as one list (RFC 9110 §5.3: repeated lines are one list); FastAPI's
+    declared parameter documents it, but would hand over only the first."""
+    lines = request.headers.getlist("if-match")
+    return ", ".join(lines) if lines else None
+
+
+async def _change(request: Request, user_id: str, task_id: uuid.UUID, changes: dict[str, object]) -> JsonResponse:
     context = _context(request)
     async with context.database.session(write=True) as session:
-        task = await TaskService(session, user_id, context.events).change(task_id, changes, if_match)
+        task = await TaskService(session, user_id, context.events).change(task_id, changes, _if_match(request))
     return _task_response(task)
 
 
@@ -114,7 +124,7 @@ async def replace_task(
     request: Request, user_id: UserId, task_id: TaskId, body: TaskWrite, if_match: IfMatch = None
 ) -> JsonResponse:
     """Replace a task: every absent field takes its default."""
-    return await _change(request, user_id, task_id, body.model_dump(), if_match)
+    return await _change(request, user_id, task_id, body.model_dump())
 
 
 @router.patch("/{task_id}", response_model=Task, responses=WRITE_ERRORS)
@@ -122,7 +132,7 @@ async def update_task(
     request: Request, user_id: UserId, task_id: TaskId, body: TaskPatch, if_match: IfMatch = None
 ) -> JsonResponse:
     """Change some fields of a task; `{}` changes nothing."""
-    return await _change(request, user_id, task_id, body.model_dump(include=body.model_fields_set), if_match)
+    return await _change(request, user_id, task_id, body.model_dump(include=body.model_fields_set))
 
 
 @router.patch("/{task_id}/complete", response_model=Task, responses=WRITE_ERRORS)
@@ -135,7 +145,7 @@ async def complete_task(
 ) -> JsonResponse:
     """Mark a task done (no body, or `{}`), or open again with `{"completed": false}`. Idempotent."""
     completion = body or TaskCompletion()
-    return await _change(request, user_id, task_id, {"completed": completion.completed}, if_match)
+    return await _change(request, user_id, task_id, {"completed": completion.completed})
 
 
 @router.delete("/{task_id}", response_model=Task, responses=WRITE_ERRORS)
@@ -143,7 +153,7 @@ async def delete_task(request: Request, user_id: UserId, task_id: TaskId, if_mat
     """Delete a task for good; the answer is the task as it was."""
     context = _context(request)
     async with context.database.session(write=True) as session:
-        task = await TaskService(session, user_id, context.events).delete(task_id, if_match)
+        task = await TaskService(session, user_id, context.events).delete(task_id, _if_match(request))
     return _task_response(task)
 
 

@@ -60,8 +60,8 @@ def _rfc3339(value: Any) -> Any:
         value = value.replace(fraction.group(0), "." + fraction.group(1)[:6])
     try:
         return datetime.fromisoformat(value.replace("z", "Z")).astimezone(UTC)
-    except ValueError:
-        raise PydanticCustomError("datetime_parsing", "Not a valid date-time") from None
+    except (ValueError, OverflowError):  # also a time whose UTC falls outside years 1–9999
+        raise PydanticCustomError("datetime_parsing", "Not a valid date-time in years 1–9999 (UTC)") from None
 
 
 DateTimeWithOffset = Annotated[

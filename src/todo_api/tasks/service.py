@@ -131,7 +131,9 @@ class TaskService:
             due_max=query.due_max,
         )
         assert self.cursors is not None, "a listing needs the cursor signer"
-        listing = listing_fingerprint(self.tasks.owner_id, query.model_dump(exclude={"page", "cursor"}, mode="json"))
+        parameters = query.model_dump(exclude={"page", "cursor"}, mode="json")
+        parameters["tag"] = sorted(filters.tags)  # the same filter in any order is the same listing
+        listing = listing_fingerprint(self.tasks.owner_id, parameters)
         after = None
         if query.cursor is not None:
             position = self.cursors.decode(query.cursor, listing, query.sort_by)
