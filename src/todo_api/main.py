@@ -46,7 +46,7 @@ from todo_api.middleware import (
     RequestContextMiddleware,
 )
 from todo_api.observability.logs import configure_logging, tag_records_with_request_id
-from todo_api.observability.metrics import mark_worker_gone, metrics_endpoint
+from todo_api.observability.metrics import mark_worker_gone, metrics_endpoint, sampling
 from todo_api.observability.tracing import Tracing, start_tracing
 from todo_api.ratelimit import Throttles
 from todo_api.routing import assert_guarded, operation_id
@@ -107,7 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # out of the collector's sight, a full collection no longer walks it, which a request would wait for.
         gc.collect()
         gc.freeze()
-        async with inline_relay(settings):  # EVENTS_RELAY=inline: this worker relays the outbox too
+        async with inline_relay(settings), sampling(context):  # EVENTS_RELAY=inline: this worker relays too
             yield
         gc.unfreeze()  # collectable again (an app that stops inside a longer-lived process, such as the tests)
         mark_worker_gone()

@@ -2,7 +2,7 @@
 
 Each hash takes a turn (a slot per thread, handed out in arrival order). A caller that would wait longer than
 `max_wait` for its turn gets a 503 instead of queueing: one account logging in as fast as it can may not starve
-everyone else's logins for minutes. `waiting` is how many wait now (for the metrics)."""
+everyone else's logins for minutes. `waiting` is how many wait now (sampled into the metrics)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from typing import ParamSpec, TypeVar
 import bcrypt
 
 from todo_api.errors import Unavailable
-from todo_api.observability.metrics import HASHES_WAITING
 
 BCRYPT_MAX_BYTES = 72
 
@@ -52,7 +51,6 @@ class PasswordHasher:
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         self.waiting += 1
-        HASHES_WAITING.inc()
         try:
             async with asyncio.timeout(self._max_wait):
                 await self._turns.acquire()
@@ -60,7 +58,6 @@ class PasswordHasher:
             raise Unavailable("Too many password checks are waiting; try again shortly.", retry_after=1) from None
         finally:
             self.waiting -= 1
-            HASHES_WAITING.dec()
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
         finally:

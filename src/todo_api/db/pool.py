@@ -25,7 +25,6 @@ from todo_api.config import Settings
 from todo_api.db.errors import is_pooler_error, is_unavailable
 from todo_api.db.url import DatabaseUrl, parse_database_url
 from todo_api.errors import Unavailable
-from todo_api.observability.metrics import DB_IN_USE, DB_WAITING
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +174,9 @@ class Database:
         self.writes_record_events = settings.events_publisher != "none"
         self._settings = settings
         self._timeout = settings.db_timeout
+        # Sampled into the metrics (observability.metrics.sample): plain counters cost a request nothing.
+        self.in_use = 0
+        self.waiting = 0
         self._pool: asyncpg.Pool | None = None
         self._retired: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(settings.db_pool_size + settings.db_max_overflow)
@@ -228,11 +230,11 @@ class Database:
     async def _postgres(self, *, write: bool) -> AsyncIterator[Session]:
         try:
             async with asyncio.timeout(self._timeout):
-                DB_WAITING.inc()
+                self.waiting += 1
                 try:
                     await self._slots.acquire()
                 finally:
-                    DB_WAITING.dec()
+                    self.waiting -= 1
                 # Chosen only now: the pool (and the way it is used) may have been replaced while this one waited.
                 pool: asyncpg.Pool = self._pool
                 transaction = (write and self.writes_record_events) or self.url.pooled
@@ -243,7 +245,7 @@ class Database:
                     raise
         except TimeoutError:
             raise Unavailable("The database is too busy or not answering.") from None
-        DB_IN_USE.inc()
+        self.in_use += 1
         try:
             if transaction:
                 await connection.execute("BEGIN")
@@ -269,7 +271,7 @@ class Database:
                 raise Unavailable("The database connection was reconfigured; try again.", retry_after=1) from None
             raise
         finally:
-            DB_IN_USE.dec()
+            self.in_use -= 1
             try:
                 await pool.release(connection)
             finally:
@@ -304,17 +306,17 @@ class Database:
     @asynccontextmanager
     async def _sqlite(self, *, write: bool) -> AsyncIterator[Session]:
         assert self.engine is not None
-        DB_WAITING.inc()
+        self.waiting += 1
         waiting = True
         try:
             async with (self._writer if write else self.engine).connect() as connection, connection.begin():
-                DB_WAITING.dec()
+                self.waiting -= 1
                 waiting = False
-                DB_IN_USE.inc()
+                self.in_use += 1
                 try:
                     yield SqlAlchemySession(connection)
                 finally:
-                    DB_IN_USE.dec()
+                    self.in_use -= 1
         finally:
             if waiting:
-                DB_WAITING.dec()
+                self.waiting -= 1

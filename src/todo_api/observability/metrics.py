@@ -8,10 +8,12 @@ a path never makes a series."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -66,6 +68,30 @@ def observe_request(method: str, route: str, status: int, seconds: float) -> Non
     HTTP_DURATION.labels(*labels).observe(seconds)
 
 
+def sample(context: Any) -> None:
+    """This worker's gauges, from the plain counters its pool and hasher keep: written once a second (and at each
+    scrape), not by every request — in multiprocess mode each write is a locked write to a shared file."""
+    DB_IN_USE.set(context.database.in_use)
+    DB_WAITING.set(context.database.waiting)
+    HASHES_WAITING.set(context.accounts.hasher.waiting)
+
+
+@contextlib.asynccontextmanager
+async def sampling(context: Any, interval: float = 1.0) -> AsyncIterator[None]:
+    async def loop() -> None:
+        while True:
+            sample(context)
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(loop(), name="metrics-sampler")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def mark_worker_gone() -> None:
     """A worker that stops takes its live gauges with it (multiprocess mode only)."""
     if os.environ.get(MULTIPROCESS_DIR):
@@ -110,6 +136,7 @@ async def metrics_endpoint(request: Request) -> Response:
         expected = token.get_secret_value().encode()
         if scheme.lower() != "bearer" or not hmac.compare_digest(offered.strip().encode(), expected):
             raise Unauthorized("The metrics token is required.", token_sent=bool(offered))
+    sample(context)
     extra: list[Collector] = []
     if context.events is not None:
         extra.append(await _outbox_backlog(context.database))
