@@ -335,7 +335,7 @@ def compiled_list_sql() -> tuple[str, list[str]] | None:
         dialect = importlib.import_module("sqlalchemy.dialects.postgresql.asyncpg").dialect()
         service = importlib.import_module("todo_api.tasks.repository")
         statement = service._page_statement(
-            service._Shape("postgresql", "created_at", "desc", *([False] * 4), 0, *([False] * 3))
+            service._Shape("postgresql", "created_at", "desc", *([False] * 3), 0, *([False] * 3))
         )
         compiled = statement.compile(dialect=dialect)
         # The statement's own literals (e.g. the 0 of coalesce(total, 0)) are parameters with a value.
