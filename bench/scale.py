@@ -659,7 +659,7 @@ def feature_plans(database_url: str, big: Owner) -> dict[str, str]:
     deep = (
         psql(
             database_url,
-            "SELECT created_at, id FROM tasks WHERE user_id = "  # noqa: S608 -- our own uuid
+            "SELECT created_at::text || '|' || id::text FROM tasks WHERE user_id = "  # noqa: S608 -- our own uuid
             f"'{big.id}' ORDER BY created_at DESC, id DESC OFFSET {min(big.count - 1, 79_999)} LIMIT 1",
         )
         .strip()
