@@ -255,10 +255,15 @@ def _filters(shape: _Shape) -> list[ColumnElement[bool]]:
                 exists(select(literal_column("1")).select_from(each).where(each.c.value == bindparam(f"tag_{index}")))
             )
     due_type = tasks.c.due_at.type
-    if shape.due_min:
-        filters.append(tasks.c.due_at >= bindparam("due_min", type_=due_type))
-    if shape.due_max:
-        filters.append(tasks.c.due_at < bindparam("due_max", type_=due_type))
+    if shape.due_min or shape.due_max:
+        # On the ascending due-date key, so the range is a scan of that index for the owner; tasks without a due
+        # date (whose key is the sentinel) are left out explicitly.
+        key = _due_key(tasks.c.due_at, shape.dialect, "asc")
+        filters.append(tasks.c.due_at.is_not(None))
+        if shape.due_min:
+            filters.append(key >= bindparam("due_min", type_=due_type))
+        if shape.due_max:
+            filters.append(key < bindparam("due_max", type_=due_type))
     return filters
 
 
