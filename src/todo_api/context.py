@@ -27,9 +27,14 @@ class AppContext:
     jwks: JwksVerifier | None = None
 
 
-async def get_context(request: Request) -> AppContext:
+def app_context(request: Request) -> AppContext:
+    """What the app built at start (`create_app` puts it on `app.state`)."""
     context: AppContext = request.app.state.context
     return context
+
+
+async def get_context(request: Request) -> AppContext:  # async: FastAPI would run a sync dependency in a thread
+    return app_context(request)
 
 
 ContextDep = Annotated[AppContext, Depends(get_context)]

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from todo_api.auth.tokens import Principal
+from todo_api.context import app_context
 from todo_api.errors import Forbidden, Unauthorized, ValidationFailed
 
 PUBLIC_OPERATIONS = frozenset({"/api/auth/signup", "/api/auth/login"})
@@ -34,7 +35,7 @@ async def authenticate(request: Request) -> Principal:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("A bearer token is required.", token_sent=False)
-    principal: Principal = await request.app.state.context.tokens.verify(token)
+    principal = await app_context(request).tokens.verify(token)
     request.scope[_PRINCIPAL] = principal
     return principal
 

@@ -179,6 +179,7 @@ class Database:
         self.waiting = 0
         self._pool: asyncpg.Pool | None = None
         self._retired: set[asyncio.Task[None]] = set()
+        self._switching = asyncio.Lock()
         self._slots = asyncio.Semaphore(settings.db_pool_size + settings.db_max_overflow)
         self.engine: AsyncEngine | None = None
         if self.url.is_sqlite:
@@ -281,8 +282,12 @@ class Database:
         """A pooler the URL did not announce lost or duplicated a prepared statement: from now on, use it the pooled
         way (no statement cache, a transaction per unit). The statement that met it ran nothing (a missing statement
         fails at bind, a duplicate at parse), and its unit was rolled back."""
-        if self._pool is not failed or failed is None:
-            return  # another request switched already
+        async with self._switching:  # the new pool is made with awaits: one switch, however many meet the error
+            if self._pool is not failed or failed is None:
+                return  # another request switched already
+            await self._switch(failed)
+
+    async def _switch(self, failed: asyncpg.Pool) -> None:
         log.warning(
             "DATABASE_URL behaves like a transaction-mode pooler (PgBouncer, Supavisor, RDS Proxy …) though it does "
             "not say so: switching to pooled connections. Set DATABASE_URL_DIRECT (or ?pgbouncer=true) to say so."

@@ -120,7 +120,7 @@ def _both_states(before: Any, after: Any) -> Select[Any]:
     ).select_from(before.outerjoin(after, true()))
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=64)  # one per set of editable fields (6 fields: 63 sets)
 def _pg_change(fields: frozenset[str]) -> Select[Any]:
     """The row locked, judged and changed in one statement; returns `before_*` and `after_*` (null: not written).
     Parameters: owner, task_id, any_version, versions, now, new_<field> per field (and title_key with title)."""
@@ -154,7 +154,7 @@ def _pg_delete() -> Select[Any]:
 _PG_DELETE = _pg_delete()
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=64)  # one per set of editable fields (6 fields: 63 sets)
 def _sqlite_change(fields: frozenset[str]) -> Any:
     return (
         update(tasks)

@@ -10,7 +10,7 @@ from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request, status
 
-from todo_api.context import AppContext
+from todo_api.context import app_context
 from todo_api.docs import problems
 from todo_api.errors import ValidationFailed
 from todo_api.http import JsonResponse
@@ -45,11 +45,6 @@ IfMatch = Annotated[
 WRITE_ERRORS = problems(400, 401, 403, 404, 412, 503)
 
 
-def _context(request: Request) -> AppContext:
-    context: AppContext = request.app.state.context
-    return context
-
-
 def _task_response(task: TaskState, status_code: int = status.HTTP_200_OK, **headers: str) -> JsonResponse:
     return JsonResponse(task.public(), status_code=status_code, headers={"ETag": task.etag, **headers})
 
@@ -57,7 +52,7 @@ def _task_response(task: TaskState, status_code: int = status.HTTP_200_OK, **hea
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=Task, responses=problems(400, 401, 403, 503))
 async def create_task(request: Request, user_id: UserId, body: TaskWrite) -> JsonResponse:
     """Create a task; absent fields take their defaults."""
-    context = _context(request)
+    context = app_context(request)
     async with context.database.session(write=True) as session:
         task = await TaskService(session, user_id, context.events).create(body.model_dump())
     location = f"/api/{quote(user_id, safe='')}/tasks/{task.row['id']}"
@@ -67,7 +62,7 @@ async def create_task(request: Request, user_id: UserId, body: TaskWrite) -> Jso
 @router.get("", response_model=TaskPage, responses=problems(400, 401, 403, 503))
 async def list_tasks(request: Request, user_id: UserId, query: Annotated[ListQuery, Query()]) -> JsonResponse:
     """A page of your tasks, newest first unless asked otherwise; by `page`, or walked with `cursor`."""
-    context = _context(request)
+    context = app_context(request)
     async with context.database.session(write=False) as session:
         page = await TaskService(session, user_id, cursors=context.cursors).list(query)
     headers = {}
@@ -91,7 +86,7 @@ async def clear_completed_tasks(
     """Delete every completed task of yours, in one transaction (an event for each)."""
     if request.query_params.getlist("completed") != ["true"]:  # `completed=false&completed=true` is no consent
         raise ValidationFailed.one(["query", "completed"], "Give completed=true exactly once", "literal_error")
-    context = _context(request)
+    context = app_context(request)
     async with context.database.session(write=True) as session:
         deleted = await TaskService(session, user_id, context.events).clear_completed()
     return JsonResponse({"deleted": deleted})
@@ -100,7 +95,7 @@ async def clear_completed_tasks(
 @router.get("/{task_id}", response_model=Task, responses=problems(400, 401, 403, 404, 503))
 async def get_task(request: Request, user_id: UserId, task_id: TaskId) -> JsonResponse:
     """One task."""
-    async with _context(request).database.session(write=False) as session:
+    async with app_context(request).database.session(write=False) as session:
         task = await TaskService(session, user_id).get(task_id)
     return _task_response(task)
 
@@ -113,7 +108,7 @@ def _if_match(request: Request) -> str | None:
 
 
 async def _change(request: Request, user_id: str, task_id: uuid.UUID, changes: dict[str, object]) -> JsonResponse:
-    context = _context(request)
+    context = app_context(request)
     async with context.database.session(write=True) as session:
         task = await TaskService(session, user_id, context.events).change(task_id, changes, _if_match(request))
     return _task_response(task)
@@ -151,7 +146,7 @@ async def complete_task(
 @router.delete("/{task_id}", response_model=Task, responses=WRITE_ERRORS)
 async def delete_task(request: Request, user_id: UserId, task_id: TaskId, if_match: IfMatch = None) -> JsonResponse:
     """Delete a task for good; the answer is the task as it was."""
-    context = _context(request)
+    context = app_context(request)
     async with context.database.session(write=True) as session:
         task = await TaskService(session, user_id, context.events).delete(task_id, _if_match(request))
     return _task_response(task)
@@ -165,6 +160,6 @@ tags_router = APIRouter(
 @tags_router.get("", response_model=TagCounts, responses=problems(401, 403, 503))
 async def list_tags(request: Request, user_id: UserId) -> JsonResponse:
     """Every tag on your tasks, with how many carry it, sorted by name."""
-    async with _context(request).database.session(write=False) as session:
+    async with app_context(request).database.session(write=False) as session:
         items = await TaskService(session, user_id).tag_counts()
     return JsonResponse({"items": items})

@@ -4,6 +4,7 @@ The SQL lives in `repository`; this module never builds HTTP responses, it raise
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -130,13 +131,18 @@ class TaskService:
             due_min=query.due_min,
             due_max=query.due_max,
         )
-        assert self.cursors is not None, "a listing needs the cursor signer"
-        parameters = query.model_dump(exclude={"page", "cursor"}, mode="json")
-        parameters["tag"] = sorted(filters.tags)  # the same filter in any order is the same listing
-        listing = listing_fingerprint(self.tasks.owner_id, parameters)
+        cursors = self.cursors
+        assert cursors is not None, "a listing needs the cursor signer"
+
+        @functools.cache
+        def listing() -> str:  # what a cursor is bound to; computed once, and only when a cursor is read or made
+            parameters = query.model_dump(exclude={"page", "cursor"}, mode="json")
+            parameters["tag"] = sorted(filters.tags)  # the same filter in any order is the same listing
+            return listing_fingerprint(self.tasks.owner_id, parameters)
+
         after = None
         if query.cursor is not None:
-            position = self.cursors.decode(query.cursor, listing, query.sort_by)
+            position = cursors.decode(query.cursor, listing(), query.sort_by)
             after = (position.key, position.task_id)
         offset = 0 if after is not None else (query.page - 1) * query.page_size
         rows = await self.tasks.page(query.sort_by, query.sort_order, filters, query.page_size + 1, offset, after)
@@ -147,7 +153,7 @@ class TaskService:
             items = items[: query.page_size]
             last = items[-1].row
             key = last["title"].lower() if query.sort_by == "title" else last[query.sort_by]
-            next_cursor = self.cursors.encode(listing, query.sort_by, Position(key, last["id"]))
+            next_cursor = cursors.encode(listing(), query.sort_by, Position(key, last["id"]))
         return Page(items, total, None if after is not None else query.page, query.page_size, next_cursor)
 
     async def tag_counts(self) -> Sequence[dict[str, Any]]:
